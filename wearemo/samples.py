@@ -1,0 +1,171 @@
+"""The one cross-stage vocabulary: channels, units and :class:`SampleBatch`.
+
+Every stage (the BLE bridge, the HTTP API, the streaming pipeline and the batch loaders) speaks
+in ``SampleBatch``es: one channel of one subject's device, either regularly sampled
+(``rate_hz``) or with explicit per-sample timestamps (``timestamps_ns``), always in the
+channel's canonical unit.
+
+Example
+-------
+>>> b = SampleBatch(batch_id="dev1:ppg:0", subject_id="s01", device_id="dev1",
+...                 channel=Channel.PPG, start_ns=1_700_000_000_000_000_000,
+...                 rate_hz=64.0, values=[0.1, 0.2, 0.3])
+>>> b.n_samples, b.end_ns - b.start_ns
+(3, 31250000)
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Annotated, Self
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+__all__ = [
+    "CHANNEL_AXES",
+    "CHANNEL_UNITS",
+    "ID_PATTERN",
+    "MAX_BATCH_SAMPLES",
+    "Channel",
+    "SampleBatch",
+]
+
+
+class Channel(StrEnum):
+    """A physiological stream. Each carries its own sampling rate (or explicit timestamps)."""
+
+    HR = "hr"  # heart rate, beats per minute (device-computed, e.g. BLE 0x2A37)
+    RR = "rr"  # beat-to-beat (RR / inter-beat) intervals, ms, stamped at the closing beat
+    PPG = "ppg"  # photoplethysmogram (blood volume pulse), arbitrary units
+    EDA = "eda"  # electrodermal activity (skin conductance), microsiemens
+    TEMP = "temp"  # skin temperature, degrees Celsius
+    ACC = "acc"  # 3-axis acceleration, g
+
+
+#: Canonical unit of each channel; a batch in any other unit is refused (convert at the edge).
+CHANNEL_UNITS: dict[Channel, str] = {
+    Channel.HR: "bpm",
+    Channel.RR: "ms",
+    Channel.PPG: "au",
+    Channel.EDA: "uS",
+    Channel.TEMP: "degC",
+    Channel.ACC: "g",
+}
+
+#: Number of values per sample.
+CHANNEL_AXES: dict[Channel, int] = {c: (3 if c is Channel.ACC else 1) for c in Channel}
+
+#: Upper bound on samples in one batch (about 26 min of 64 Hz PPG); larger uploads must be split.
+MAX_BATCH_SAMPLES = 100_000
+
+#: Identifiers are pseudonymous tokens, never names: letters, digits and ``._:-``.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
+
+Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+
+
+class SampleBatch(BaseModel):
+    """A run of samples of one channel from one device worn by one subject.
+
+    Parameters
+    ----------
+    batch_id
+        Idempotency key: a batch re-sent with the same id is stored once.
+    subject_id, device_id
+        Pseudonymous identifiers (letters, digits, ``._:-``; at most 128 characters).
+    channel
+        Which stream; ``values`` must be in ``CHANNEL_UNITS[channel]``.
+    start_ns
+        Time of the first sample, unix epoch nanoseconds (UTC).
+    rate_hz
+        Sampling rate for regularly sampled data: sample ``i`` is at ``start_ns + i / rate_hz``.
+    timestamps_ns
+        Explicit strictly increasing unix-ns times, one per value (mutually exclusive with
+        ``rate_hz``); ``timestamps_ns[0]`` must equal ``start_ns``.
+    values
+        Finite numbers; for ``acc`` one ``[x, y, z]`` triple per sample.
+    unit
+        Must equal the channel's canonical unit (defaults to it).
+    seq
+        Optional device sequence number of the first frame in this batch (for gap reports).
+
+    Example
+    -------
+    >>> SampleBatch(batch_id="b1", subject_id="s1", device_id="d1", channel="rr",
+    ...             start_ns=10**18, timestamps_ns=[10**18, 10**18 + 8 * 10**8],
+    ...             values=[812.0, 800.0]).rate_hz is None
+    True
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_id: Identifier
+    subject_id: Identifier
+    device_id: Identifier
+    channel: Channel
+    start_ns: int = Field(ge=0)
+    rate_hz: float | None = Field(default=None, gt=0.0, le=10_000.0)
+    timestamps_ns: list[int] | None = None
+    values: list[float] | list[list[float]] = Field(min_length=1, max_length=MAX_BATCH_SAMPLES)
+    unit: str | None = None
+    seq: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if (self.rate_hz is None) == (self.timestamps_ns is None):
+            raise ValueError("exactly one of rate_hz and timestamps_ns must be given")
+        canonical = CHANNEL_UNITS[self.channel]
+        if self.unit is not None and self.unit != canonical:
+            raise ValueError(f"unit: channel {self.channel.value!r} takes {canonical!r}, got {self.unit!r}")
+        axes = CHANNEL_AXES[self.channel]
+        for i, v in enumerate(self.values):
+            row = v if isinstance(v, list) else [v]
+            if axes == 1 and isinstance(v, list):
+                raise ValueError(f"values[{i}]: channel {self.channel.value!r} takes one number per sample")
+            if len(row) != axes:
+                raise ValueError(f"values[{i}]: channel {self.channel.value!r} takes {axes} numbers per sample")
+            if not all(math.isfinite(x) for x in row):
+                raise ValueError(f"values[{i}]: not a finite number (NaN or infinity)")
+        if self.timestamps_ns is not None:
+            ts = self.timestamps_ns
+            if len(ts) != len(self.values):
+                raise ValueError(f"timestamps_ns: {len(ts)} timestamps for {len(self.values)} values")
+            if ts[0] != self.start_ns:
+                raise ValueError("timestamps_ns[0] must equal start_ns")
+            for i in range(1, len(ts)):
+                if ts[i] <= ts[i - 1]:
+                    kind = "duplicate" if ts[i] == ts[i - 1] else "out-of-order"
+                    raise ValueError(f"timestamps_ns[{i}]: {kind} timestamp (must strictly increase)")
+        if self.unit is None:
+            object.__setattr__(self, "unit", canonical)
+        return self
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples (ACC triples count once)."""
+        return len(self.values)
+
+    def times_ns(self) -> np.ndarray:
+        """Per-sample unix-ns timestamps as ``int64``.
+
+        >>> SampleBatch(batch_id="b", subject_id="s", device_id="d", channel="eda",
+        ...             start_ns=0, rate_hz=4.0, values=[1.0, 1.1]).times_ns().tolist()
+        [0, 250000000]
+        """
+        if self.timestamps_ns is not None:
+            return np.asarray(self.timestamps_ns, dtype=np.int64)
+        assert self.rate_hz is not None
+        offsets = np.round(np.arange(self.n_samples) * (1e9 / self.rate_hz)).astype(np.int64)
+        return self.start_ns + offsets
+
+    @property
+    def end_ns(self) -> int:
+        """Timestamp of the last sample (unix ns)."""
+        return int(self.times_ns()[-1])
+
+    def values_array(self) -> np.ndarray:
+        """Values as ``float64``: shape ``(n,)``, or ``(n, 3)`` for ``acc``."""
+        arr = np.asarray(self.values, dtype=np.float64)
+        return arr.reshape(-1, 3) if CHANNEL_AXES[self.channel] == 3 else arr.reshape(-1)
