@@ -16,7 +16,6 @@ Example
 
 from __future__ import annotations
 
-import math
 from enum import StrEnum
 from typing import Annotated, Self
 
@@ -117,27 +116,34 @@ class SampleBatch(BaseModel):
         if (self.rate_hz is None) == (self.timestamps_ns is None):
             raise ValueError("exactly one of rate_hz and timestamps_ns must be given")
         canonical = CHANNEL_UNITS[self.channel]
+        name = self.channel.value
         if self.unit is not None and self.unit != canonical:
-            raise ValueError(f"unit: channel {self.channel.value!r} takes {canonical!r}, got {self.unit!r}")
+            raise ValueError(f"unit: channel {name!r} takes {canonical!r}, got {self.unit!r}")
         axes = CHANNEL_AXES[self.channel]
-        for i, v in enumerate(self.values):
-            row = v if isinstance(v, list) else [v]
-            if axes == 1 and isinstance(v, list):
-                raise ValueError(f"values[{i}]: channel {self.channel.value!r} takes one number per sample")
-            if len(row) != axes:
-                raise ValueError(f"values[{i}]: channel {self.channel.value!r} takes {axes} numbers per sample")
-            if not all(math.isfinite(x) for x in row):
-                raise ValueError(f"values[{i}]: not a finite number (NaN or infinity)")
+        nested = isinstance(self.values[0], list)
+        if nested != (axes > 1):
+            shape = "[x, y, z] triples" if axes > 1 else "one number"
+            raise ValueError(f"values: channel {name!r} takes {shape} per sample")
+        if axes > 1:
+            for i, v in enumerate(self.values):
+                if not isinstance(v, list) or len(v) != axes:
+                    raise ValueError(f"values[{i}]: channel {name!r} takes {axes} numbers")
+        arr = np.asarray(self.values, dtype=np.float64).reshape(len(self.values), -1)
+        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+        if bad.size:
+            raise ValueError(f"values[{bad[0]}]: not a finite number (NaN or infinity)")
         if self.timestamps_ns is not None:
-            ts = self.timestamps_ns
+            ts = np.asarray(self.timestamps_ns, dtype=np.int64)
             if len(ts) != len(self.values):
-                raise ValueError(f"timestamps_ns: {len(ts)} timestamps for {len(self.values)} values")
+                raise ValueError(f"timestamps_ns: {len(ts)} timestamps, {len(self.values)} values")
             if ts[0] != self.start_ns:
                 raise ValueError("timestamps_ns[0] must equal start_ns")
-            for i in range(1, len(ts)):
-                if ts[i] <= ts[i - 1]:
-                    kind = "duplicate" if ts[i] == ts[i - 1] else "out-of-order"
-                    raise ValueError(f"timestamps_ns[{i}]: {kind} timestamp (must strictly increase)")
+            steps = np.diff(ts)
+            bad = np.flatnonzero(steps <= 0)
+            if bad.size:
+                i = int(bad[0]) + 1
+                kind = "duplicate" if steps[i - 1] == 0 else "out-of-order"
+                raise ValueError(f"timestamps_ns[{i}]: {kind} timestamp (must strictly increase)")
         if self.unit is None:
             object.__setattr__(self, "unit", canonical)
         return self

@@ -13,7 +13,7 @@ Example
 
 from __future__ import annotations
 
-import math
+import math  # noqa: F401 (used by the module doctest)
 from dataclasses import dataclass, field
 
 __all__ = ["FeatureWindow"]

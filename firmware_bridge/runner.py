@@ -1,0 +1,323 @@
+"""Run the bridge: virtual wearables (bumble, one process) or a real device (bleak's backend).
+
+:func:`run_virtual` starts one in-process ``LocalLink``, N virtual wearables replaying the
+same source (subjects ``demo-01``.., devices ``vw-01``..), one :class:`DeviceLink` each through
+the bumble bleak backend, and the :class:`Uplink`; it stops when every wearable has played its
+source (or ``duration_s`` of source time has passed) and the spool is drained (or
+``drain_timeout_s`` passed), and returns a :class:`RunReport`.
+
+:func:`run_device` runs one real wearable through bleak's default backend (BlueZ,
+CoreBluetooth, WinRT) until ``duration_s`` passes or the ``stop`` event is set.
+
+Example
+-------
+>>> cfg = VirtualRunConfig(api_url="http://127.0.0.1:8000", spool_path="spool.db", n_virtual=2)
+>>> [subject_id(k) for k in range(cfg.n_virtual)], device_id(0)
+(['demo-01', 'demo-02'], 'vw-01')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bumble.link import LocalLink
+
+from firmware_bridge.bumble_backend import (
+    BleakClientBumble,
+    BleakScannerBumble,
+    BumbleTransport,
+    bumble_central_close,
+)
+from firmware_bridge.device_link import DeviceLink, DeviceLinkConfig
+from firmware_bridge.spool import Spool
+from firmware_bridge.uplink import Uplink
+from firmware_bridge.virtual_wearable import RecordingSource, SimulatedSource, VirtualWearable
+from firmware_bridge.virtual_wearable.sources import SignalSource
+
+__all__ = [
+    "DEFAULT_SOURCE",
+    "RunReport",
+    "SubjectReport",
+    "VirtualRunConfig",
+    "device_id",
+    "load_source",
+    "run_device",
+    "run_virtual",
+    "subject_id",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The shipped real excerpt (Stress-Predict S02, ~17 min, rest → stress task → rest).
+DEFAULT_SOURCE = Path(__file__).parent / "virtual_wearable" / "data" / "stress-predict-S02-excerpt"
+
+_CHANNEL_KEYS = ("ppg", "eda", "temp", "acc", "hr", "rr")
+
+
+def subject_id(k: int) -> str:
+    """Subject id of the k-th (0-based) virtual wearable: ``demo-01``, ``demo-02``, ..."""
+    return f"demo-{k + 1:02d}"
+
+
+def device_id(k: int) -> str:
+    """Device id of the k-th (0-based) virtual wearable: ``vw-01``, ``vw-02``, ..."""
+    return f"vw-{k + 1:02d}"
+
+
+def load_source(source: str | Path, *, seed: int = 0, duration_s: float | None = None
+                ) -> SignalSource:
+    """``"sim"`` → a seeded simulation (``duration_s`` rounded up to whole seconds, default
+    120 s), else a recording folder.
+
+    Example
+    -------
+    >>> load_source("sim", duration_s=10.0).duration_s
+    10.0
+    """
+    if str(source) == "sim":
+        # Whole seconds: NeuroKit2's EDA simulator fails on a float duration (e.g. 10.0).
+        return SimulatedSource(seed=seed, duration_s=math.ceil(duration_s or 120))
+    return RecordingSource(Path(source))
+
+
+@dataclass
+class SubjectReport:
+    """Per-subject counts of a run (samples per channel value)."""
+
+    device_id: str
+    sent: dict[str, int]
+    decoded: dict[str, int]
+    uploaded: dict[str, int]
+    gaps: int
+    decode_errors: int
+    missing_frames: int = 0
+    duplicate_frames: int = 0
+    link_losses: int = 0
+    spool_refused_batches: int = 0
+
+
+@dataclass
+class RunReport:
+    """What a run did; ``to_json()`` gives the report file's content."""
+
+    subjects: dict[str, SubjectReport] = field(default_factory=dict)
+    spool_depth: int = 0
+    dead_letters: int = 0
+    drained: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"subjects": {id: {...}}, "spool_depth": n, "dead_letters": n, "drained": b}``."""
+        return {
+            "subjects": {k: vars(v) for k, v in self.subjects.items()},
+            "spool_depth": self.spool_depth,
+            "dead_letters": self.dead_letters,
+            "drained": self.drained,
+        }
+
+    def write(self, path: str | Path) -> None:
+        """Write the JSON report."""
+        Path(path).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class VirtualRunConfig:
+    """Options of :func:`run_virtual`.
+
+    Parameters
+    ----------
+    api_url
+        Base URL of the wearemo API.
+    spool_path
+        Spool database file.
+    n_virtual
+        Number of virtual wearables (subjects ``demo-01``..).
+    source
+        ``"sim"`` or a recording folder (default: the shipped excerpt).
+    speed
+        Playback speed of every wearable.
+    duration_s
+        Stop after this much source time (None: the whole source). With ``"sim"`` it is also
+        the simulation length.
+    offset_s
+        Wearable k's clock starts ``k · offset_s`` later (distinct timelines per subject).
+    seed
+        Simulation seed (wearable k uses ``seed + k``).
+    drain_timeout_s
+        Longest wait for the spool to drain at the end.
+    mtu
+        ATT MTU the bridge requests.
+    """
+
+    api_url: str
+    spool_path: str | Path
+    n_virtual: int = 1
+    source: str | Path = DEFAULT_SOURCE
+    speed: float = 1.0
+    duration_s: float | None = None
+    offset_s: float = 0.0
+    seed: int = 0
+    drain_timeout_s: float = 60.0
+    mtu: int = 247
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_virtual <= 99:
+            raise ValueError(f"n_virtual must be within 1..99, got {self.n_virtual}")
+        if not self.speed > 0:
+            raise ValueError(f"speed must be > 0, got {self.speed}")
+
+
+def _report_for(link: DeviceLink, sent: dict[str, int], uplink: Uplink, subject: str
+                ) -> SubjectReport:
+    uploaded = uplink.stats.uploaded_samples.get(subject, {})
+    asm = link.assembler.stats
+    return SubjectReport(
+        device_id=link.config.device_id,
+        sent={k: int(sent.get(k, 0)) for k in _CHANNEL_KEYS},
+        decoded={k: link.stats.decoded_samples.get(k, 0) for k in _CHANNEL_KEYS},
+        uploaded={k: uploaded.get(k, 0) for k in _CHANNEL_KEYS},
+        gaps=asm.gaps,
+        decode_errors=link.stats.decode_errors,
+        missing_frames=sum(s.missing_frames for s in asm.channels.values()),
+        duplicate_frames=sum(s.duplicate_frames for s in asm.channels.values()),
+        link_losses=link.stats.link_losses,
+        spool_refused_batches=link.stats.spool_refused_batches,
+    )
+
+
+async def _finish(
+    links: list[DeviceLink], link_tasks: list[asyncio.Task[None]], link_stop: asyncio.Event,
+    uplink: Uplink, uplink_task: asyncio.Task[None], uplink_stop: asyncio.Event,
+    drain_timeout_s: float,
+) -> bool:
+    for dl in links:
+        await dl.wait_quiet(quiet_s=0.3, timeout_s=10.0)
+    link_stop.set()
+    await asyncio.gather(*link_tasks, return_exceptions=True)
+    uplink_stop.set()
+    await asyncio.gather(uplink_task, return_exceptions=True)
+    return await uplink.drain(timeout_s=drain_timeout_s)
+
+
+async def run_virtual(config: VirtualRunConfig) -> RunReport:
+    """Virtual wearables → bridge → API in this process; see the module docstring.
+
+    Example
+    -------
+    ``asyncio.run(run_virtual(VirtualRunConfig(api_url=url, spool_path="s.db", n_virtual=2,
+    source="sim", speed=20, duration_s=30)))``
+    """
+    base = load_source(config.source, seed=config.seed, duration_s=config.duration_s)
+    link = LocalLink()
+    transport = BumbleTransport(link=link, mtu=config.mtu)
+    wearables: list[VirtualWearable] = []
+    links: list[DeviceLink] = []
+    with Spool(config.spool_path) as spool:
+        uplink = Uplink(spool, api_url=config.api_url)
+        uplink_stop, link_stop = asyncio.Event(), asyncio.Event()
+        uplink_task = asyncio.create_task(uplink.run(uplink_stop), name="uplink")
+        link_tasks: list[asyncio.Task[None]] = []
+        try:
+            for k in range(config.n_virtual):
+                source = base
+                if str(config.source) == "sim" and k:
+                    source = load_source("sim", seed=config.seed + k,
+                                         duration_s=config.duration_s)
+                start = (source.start_unix if source.start_unix is not None else None)
+                rtc_start = None if start is None else start + k * config.offset_s
+                vw = VirtualWearable(source, name=f"wearemo-{device_id(k)}", speed=config.speed,
+                                     rtc_start_unix=rtc_start)
+                await vw.attach(link)
+                wearables.append(vw)
+                dl = DeviceLink(
+                    DeviceLinkConfig(
+                        subject_id=subject_id(k), device_id=device_id(k), name=vw.name,
+                        address=vw.address, backend=BleakClientBumble,
+                        scanner_backend=BleakScannerBumble, backend_kwargs={"bumble": transport},
+                        scan_timeout_s=10.0, connect_timeout_s=10.0, reconnect_initial_s=0.1,
+                        reconnect_max_s=2.0, clock_interval_s=2.0,
+                    ),
+                    spool, on_spooled=uplink.notify,
+                )
+                links.append(dl)
+            for vw in wearables:
+                await vw.start()
+            for dl in links:
+                link_tasks.append(asyncio.create_task(dl.run(link_stop)))
+            finished = asyncio.gather(*(vw.wait_finished() for vw in wearables))
+            # A simulation is exactly duration_s long; a recording is cut at duration_s.
+            limit = (None if config.duration_s is None or str(config.source) == "sim"
+                     else config.duration_s / config.speed)
+            try:
+                await asyncio.wait_for(finished, limit)
+            except TimeoutError:
+                logger.info("duration reached: stopping the wearables")
+                for vw in wearables:
+                    await vw.stop()
+            drained = await _finish(links, link_tasks, link_stop, uplink, uplink_task,
+                                    uplink_stop, config.drain_timeout_s)
+        finally:
+            link_stop.set()
+            uplink_stop.set()
+            for task in [*link_tasks, uplink_task]:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*link_tasks, uplink_task, return_exceptions=True)
+            for vw in wearables:
+                with contextlib.suppress(Exception):
+                    await vw.stop()
+            await bumble_central_close(transport)
+        report = RunReport(spool_depth=spool.depth, dead_letters=spool.dead_depth,
+                           drained=drained)
+        for k, (vw, dl) in enumerate(zip(wearables, links, strict=True)):
+            report.subjects[subject_id(k)] = _report_for(dl, vw.sent_counts, uplink,
+                                                         subject_id(k))
+    return report
+
+
+async def run_device(
+    *,
+    api_url: str,
+    address: str,
+    subject: str,
+    spool_path: str | Path,
+    device: str | None = None,
+    duration_s: float | None = None,
+    stop: asyncio.Event | None = None,
+    drain_timeout_s: float = 30.0,
+) -> RunReport:
+    """One real wearable through bleak's default backend until ``duration_s`` or ``stop``.
+
+    Example
+    -------
+    ``asyncio.run(run_device(api_url=url, address="AA:BB:CC:DD:EE:FF", subject="s01",
+    spool_path="spool.db", duration_s=600))``
+    """
+    stop = stop or asyncio.Event()
+    dev_id = device or "ble-" + address.replace(":", "").lower()
+    with Spool(spool_path) as spool:
+        uplink = Uplink(spool, api_url=api_url)
+        uplink_stop, link_stop = asyncio.Event(), asyncio.Event()
+        uplink_task = asyncio.create_task(uplink.run(uplink_stop), name="uplink")
+        dl = DeviceLink(DeviceLinkConfig(subject_id=subject, device_id=dev_id, address=address),
+                        spool, on_spooled=uplink.notify)
+        link_task = asyncio.create_task(dl.run(link_stop))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration_s)
+            drained = await _finish([dl], [link_task], link_stop, uplink, uplink_task,
+                                    uplink_stop, drain_timeout_s)
+        finally:
+            for task in (link_task, uplink_task):
+                task.cancel()
+            await asyncio.gather(link_task, uplink_task, return_exceptions=True)
+        report = RunReport(spool_depth=spool.depth, dead_letters=spool.dead_depth,
+                           drained=drained)
+        report.subjects[subject] = _report_for(dl, {}, uplink, subject)
+    return report

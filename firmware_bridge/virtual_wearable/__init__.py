@@ -1,0 +1,28 @@
+"""A virtual wearable on bumble's BLE stack, replaying a recording or a simulation.
+
+Example
+-------
+>>> from firmware_bridge.virtual_wearable import SimulatedSource, VirtualWearable
+>>> vw = VirtualWearable(SimulatedSource(seed=0, duration_s=5), name="vw-demo", speed=20)
+>>> vw.address
+'E6:E4:08:73:3D:6C'
+"""
+
+from firmware_bridge.virtual_wearable.sources import (
+    BeatSeries,
+    RecordingSource,
+    RegularSignal,
+    SignalSource,
+    SimulatedSource,
+)
+from firmware_bridge.virtual_wearable.wearable import FRAME_SECONDS, VirtualWearable
+
+__all__ = [
+    "FRAME_SECONDS",
+    "BeatSeries",
+    "RecordingSource",
+    "RegularSignal",
+    "SignalSource",
+    "SimulatedSource",
+    "VirtualWearable",
+]

@@ -1,0 +1,134 @@
+"""A small real ingest API for the bridge's tests: FastAPI + uvicorn on loopback, in a thread.
+
+It speaks the wearemo ingest contract (``POST /v1/ingest``: 200 with per-batch
+stored/duplicate results, 422 naming the field, 409 for a batch that starts at or before the
+last stored sample of its channel) and can be switched to failure modes to test retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import Literal
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from wearemo.samples import SampleBatch
+
+Mode = Literal["up", "503", "store_then_500"]
+
+
+class _Request(BaseModel):
+    batches: list[SampleBatch] = Field(min_length=1)
+
+
+class IngestServer:
+    """Loopback ingest server; the port is reserved at construction, served after ``start()``.
+
+    Until ``start()`` a connection to the port is refused (the API is down).
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.mode: Mode = "up"
+        self.stored: dict[str, SampleBatch] = {}
+        self.posts = 0
+        self.duplicate_posts = 0  # batches received again after being stored
+        self._last_end: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.app = self._build()
+
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v1/ingest")
+        def ingest(body: _Request) -> JSONResponse:
+            with self._lock:
+                self.posts += 1
+                if self.mode == "503":
+                    return JSONResponse({"detail": "unavailable"}, status_code=503)
+                # Stricter than the wire model, as a real API may be: EDA above 100 uS is
+                # refused with a FastAPI-style 422 naming the field.
+                issues = [
+                    {"type": "value_error", "loc": ["body", "batches", i, "values", j],
+                     "field": f"batches.{i}.values.{j}", "msg": "eda above 100 uS"}
+                    for i, b in enumerate(body.batches) if b.channel.value == "eda"
+                    for j, v in enumerate(b.values) if isinstance(v, float) and v > 100
+                ]
+                if issues:
+                    return JSONResponse({"detail": issues}, status_code=422)
+                results: list[dict[str, str]] = []
+                for i, b in enumerate(body.batches):
+                    if b.batch_id in self.stored:
+                        self.duplicate_posts += 1
+                        results.append({"batch_id": b.batch_id, "status": "duplicate"})
+                        continue
+                    key = (b.subject_id, b.channel.value)
+                    if key in self._last_end and b.start_ns <= self._last_end[key]:
+                        return JSONResponse(
+                            {"detail": {
+                                "field": f"batches.{i}.start_ns",
+                                "message": "out of order: starts before the last stored sample",
+                                "batch_id": b.batch_id,
+                                "stored_before": [
+                                    r["batch_id"] for r in results if r["status"] == "stored"],
+                                "duplicates_before": [
+                                    r["batch_id"] for r in results if r["status"] == "duplicate"],
+                            }},
+                            status_code=409,
+                        )
+                    self.stored[b.batch_id] = b
+                    self._last_end[key] = b.end_ns
+                    results.append({"batch_id": b.batch_id, "status": "stored"})
+                if self.mode == "store_then_500":
+                    return JSONResponse({"detail": "lost answer"}, status_code=500)
+                return JSONResponse({
+                    "stored": sum(r["status"] == "stored" for r in results),
+                    "duplicates": sum(r["status"] == "duplicate" for r in results),
+                    "results": results,
+                })
+
+        return app
+
+    def start(self) -> None:
+        """Start serving on the reserved port (returns once it accepts connections)."""
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        server = self._server
+
+        def serve() -> None:
+            asyncio.run(server.serve(sockets=[self.sock]))
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("test ingest server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+        self.sock.close()
+
+    def samples(self) -> dict[tuple[str, str], int]:
+        """Stored sample counts per (subject, channel)."""
+        out: dict[tuple[str, str], int] = {}
+        for b in self.stored.values():
+            key = (b.subject_id, b.channel.value)
+            out[key] = out.get(key, 0) + b.n_samples
+        return out

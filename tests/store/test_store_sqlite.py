@@ -1,0 +1,241 @@
+"""SQLiteStore: every StateStore method round-trips, idempotency survives a reopen, WAL is on."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wearemo.features import FeatureWindow
+from wearemo.model import StateEstimate
+from wearemo.samples import Channel, SampleBatch
+from wearemo.settings import Settings
+from wearemo.store import (
+    BatchConflictError,
+    SQLiteStore,
+    StateStore,
+    SubjectSummary,
+    batch_digest,
+    open_store,
+)
+
+T0 = 1_700_000_000_000_000_000
+S = 1_000_000_000
+
+
+def ppg(i: int, *, subject: str = "s1", n: int = 64, rate: float = 64.0) -> SampleBatch:
+    start = T0 + i * round(n / rate * S)
+    return SampleBatch(
+        batch_id=f"d1:ppg:{i}",
+        subject_id=subject,
+        device_id="d1",
+        channel="ppg",
+        start_ns=start,
+        rate_hz=rate,
+        values=[math.sin(0.1 * (i * n + k)) + 1e-9 * k for k in range(n)],
+    )
+
+
+def state(end_s: int, label: str = "non_stress", *, subject: str = "s1") -> StateEstimate:
+    withheld = label == "withheld"
+    return StateEstimate(
+        subject_id=subject,
+        window_start_ns=T0 + (end_s - 60) * S,
+        window_end_ns=T0 + end_s * S,
+        state=label,  # type: ignore[arg-type]
+        p_stress=None if withheld else (0.9 if label == "stress" else 0.1),
+        reason="warm-up: personal baseline 10/240 s" if withheld else None,
+        model_version="test-1",
+        channels_used=["eda", "ppg"],
+        top_features={} if withheld else {"rel_hr_mean_bpm": 4.25, "rel_hrv_rmssd_ms": -38.5},
+    )
+
+
+def window(end_s: int, *, subject: str = "s1") -> FeatureWindow:
+    return FeatureWindow(
+        subject_id=subject,
+        start_ns=T0 + (end_s - 60) * S,
+        end_ns=T0 + end_s * S,
+        features={"hr_mean_bpm": 71.5, "hrv_rmssd_ms": 42.0, "eda_scl_mean_uS": float("nan")},
+        sample_counts={"ppg": 3840, "eda": 240},
+        coverage={"ppg": 1.0, "eda": 0.75},
+        quality={"ppg": 0.93},
+        motion=True,
+        beat_source="ppg",
+        n_beats=71,
+        methods={"ppg_peaks": "elgendi", "neurokit2": "0.2.13"},
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    s = SQLiteStore(tmp_path / "db" / "w.sqlite3")
+    yield s
+    s.close()
+
+
+def test_is_a_state_store_with_wal(store: SQLiteStore, tmp_path: Path) -> None:
+    assert isinstance(store, StateStore)
+    assert store.journal_mode() == "wal"
+    assert store.ping()
+    # synchronous=NORMAL (1) on our connection; WAL is persistent in the file itself
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    with sqlite3.connect(tmp_path / "db" / "w.sqlite3") as other:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_batches_round_trip_bit_exact(store: SQLiteStore) -> None:
+    batches = [ppg(i) for i in range(3)]
+    assert [store.add_batch(b) for b in batches] == [True, True, True]
+    got = store.samples("s1", Channel.PPG)
+    want_t = np.concatenate([b.times_ns() for b in batches])
+    want_v = np.concatenate([b.values_array() for b in batches])
+    np.testing.assert_array_equal(got.times_ns, want_t)
+    np.testing.assert_array_equal(got.values, want_v)  # float64 blobs: exact
+    assert got.times_ns.dtype == np.int64
+    # time range [start, end) cuts inside batches
+    cut = store.samples("s1", Channel.PPG, start_ns=int(want_t[10]), end_ns=int(want_t[100]))
+    np.testing.assert_array_equal(cut.times_ns, want_t[10:100])
+    assert store.last_sample_ns("s1", Channel.PPG) == batches[-1].end_ns
+    assert store.last_sample_ns("s1", Channel.EDA) is None
+    assert store.has_batch("s1", "d1:ppg:1") and not store.has_batch("s2", "d1:ppg:1")
+
+
+def test_timestamped_and_acc_batches(store: SQLiteStore) -> None:
+    rr = SampleBatch(batch_id="rr0", subject_id="s1", device_id="d1", channel="rr",
+                     start_ns=T0, timestamps_ns=[T0, T0 + 812_000_000, T0 + 1_620_000_000],
+                     values=[812.0, 808.0, 790.5])
+    acc = SampleBatch(batch_id="acc0", subject_id="s1", device_id="d1", channel="acc",
+                      start_ns=T0, rate_hz=32.0, values=[[0.01 * k, -1.0, 0.5] for k in range(40)])
+    assert store.add_batch(rr) and store.add_batch(acc)
+    got_rr = store.samples("s1", Channel.RR)
+    assert got_rr.times_ns.tolist() == rr.timestamps_ns
+    assert got_rr.values.tolist() == [812.0, 808.0, 790.5]
+    got_acc = store.samples("s1", Channel.ACC)
+    assert got_acc.values.shape == (40, 3)
+    np.testing.assert_array_equal(got_acc.values, acc.values_array())
+    np.testing.assert_array_equal(got_acc.times_ns, acc.times_ns())
+    assert store.samples("s1", Channel.ACC, start_ns=T0 + 10 * S).values.shape == (0, 3)
+
+
+def test_regular_times_match_sample_batch_at_awkward_rates(store: SQLiteStore) -> None:
+    # rate-based batches store no time blob: the reconstruction must equal SampleBatch.times_ns
+    b = SampleBatch(batch_id="odd", subject_id="s1", device_id="d", channel="ppg",
+                    start_ns=T0 + 7, rate_hz=25.6, values=[0.0] * 1001)
+    store.add_batch(b)
+    np.testing.assert_array_equal(store.samples("s1", Channel.PPG).times_ns, b.times_ns())
+
+
+def test_add_batch_idempotent_across_reopen_and_conflict(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite3"
+    with SQLiteStore(path) as s:
+        assert s.add_batch(ppg(0)) is True
+        assert s.add_batch(ppg(0)) is False
+    with SQLiteStore(path) as s:
+        assert s.add_batch(ppg(0)) is False  # still known after restart
+        assert s.subject_summary("s1").samples == {"ppg": 64}  # stored once
+        changed = ppg(0).model_copy(update={"values": [0.0] * 64})
+        with pytest.raises(BatchConflictError, match="different content"):
+            s.add_batch(changed)
+        # same batch id for another subject is another batch
+        assert s.add_batch(ppg(0, subject="s2")) is True
+        assert s.samples("s1", Channel.PPG).values.tolist() == ppg(0).values
+
+
+def test_digest_depends_on_content_only() -> None:
+    a = ppg(0)
+    assert batch_digest(a) == batch_digest(a.model_copy(update={"seq": 5}))
+    assert batch_digest(a) != batch_digest(a.model_copy(update={"start_ns": a.start_ns + 1}))
+
+
+def test_windows_round_trip_and_replace(store: SQLiteStore) -> None:
+    ws = [window(e) for e in (60, 65, 70)]
+    store.add_windows(ws)
+    got = store.windows("s1")
+    assert [w.end_ns for w in got] == [w.end_ns for w in ws]
+    g, w0 = got[0], ws[0]
+    assert math.isnan(g.features["eda_scl_mean_uS"])
+    assert {k: v for k, v in g.features.items() if not math.isnan(v)} == {
+        "hr_mean_bpm": 71.5, "hrv_rmssd_ms": 42.0}
+    assert (g.sample_counts, g.coverage, g.quality, g.motion, g.beat_source, g.n_beats,
+            g.methods) == (w0.sample_counts, w0.coverage, w0.quality, w0.motion,
+                           w0.beat_source, w0.n_beats, w0.methods)
+    assert [w.end_ns for w in store.windows("s1", start_ns=T0 + 65 * S, end_ns=T0 + 70 * S)] == [
+        T0 + 65 * S]
+    assert len(store.windows("s1", limit=2)) == 2
+    store.add_windows([window(60)])  # same key: replaced, not duplicated
+    assert len(store.windows("s1")) == 3
+
+
+def test_states_round_trip_ranges_and_latest(store: SQLiteStore) -> None:
+    assert store.latest_state("s1") is None
+    sts = [state(60, "withheld"), state(65, "stress"), state(70, "non_stress"), state(75, "stress")]
+    store.add_states(list(reversed(sts)))
+    assert store.states("s1") == sts  # every field, oldest first
+    assert store.latest_state("s1") == sts[-1]
+    # [start, end) on the window end
+    assert store.states("s1", start_ns=T0 + 65 * S, end_ns=T0 + 75 * S) == sts[1:3]
+    assert store.states("s1", start_ns=T0 + 66 * S) == sts[2:]
+    assert store.states("s1", end_ns=T0 + 65 * S) == sts[:1]
+    assert store.states("s1", limit=2) == sts[:2]
+    assert store.states("nobody") == []
+    store.add_states([state(75, "non_stress")])  # re-estimate replaces
+    assert store.latest_state("s1").state == "non_stress"
+
+
+def test_subjects_and_summary(store: SQLiteStore) -> None:
+    assert store.subject_ids() == [] and store.subject_summary("s1") is None
+    for i in range(3):
+        store.add_batch(ppg(i))
+    store.add_batch(SampleBatch(batch_id="e0", subject_id="s1", device_id="d1", channel="eda",
+                                start_ns=T0, rate_hz=4.0, values=[0.5] * 12))
+    store.add_batch(ppg(0, subject="s0"))
+    store.add_windows([window(60), window(65)])
+    store.add_states([state(60, "withheld"), state(65, "stress"), state(70, "stress")])
+    assert store.subject_ids() == ["s0", "s1"]
+    assert store.has_subject("s1") and not store.has_subject("s9")
+    summary = store.subject_summary("s1")
+    assert summary == SubjectSummary(
+        subject_id="s1",
+        samples={"eda": 12, "ppg": 192},
+        batches=4,
+        windows=2,
+        states={"stress": 2, "non_stress": 0, "withheld": 1},
+        first_sample_ns=T0,
+        last_sample_ns=ppg(2).end_ns,
+        last_state=state(70, "stress"),
+    )
+
+
+def test_concurrent_writers_from_threads(store: SQLiteStore) -> None:
+    def work(subject: str) -> None:
+        for i in range(50):
+            assert store.add_batch(ppg(i, subject=subject, n=8))
+
+    threads = [threading.Thread(target=work, args=(f"s{k}",)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [store.subject_summary(f"s{k}").samples["ppg"] for k in range(4)] == [400] * 4
+
+
+def test_open_store_from_settings(tmp_path: Path) -> None:
+    s = open_store(Settings(data_dir=tmp_path / "d"))
+    try:
+        assert isinstance(s, SQLiteStore) and s.path == tmp_path / "d" / "wearemo.sqlite3"
+    finally:
+        s.close()
+
+
+def test_refuses_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite3"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as c:
+        c.execute("PRAGMA user_version=99")
+    with pytest.raises(RuntimeError, match="schema version 99"):
+        SQLiteStore(path)

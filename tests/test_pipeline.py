@@ -1,0 +1,206 @@
+"""Pipeline: ingest → store → features → model → store, with the real features stage and model.
+
+Ground truth: a NeuroKit2 PPG simulated at 70 bpm must come back as ~70 bpm in the stored
+windows; an interrupted run (process restart) must store exactly the states of an uninterrupted
+one.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import neurokit2 as nk
+import numpy as np
+import pytest
+
+from wearemo.features import WindowConfig
+from wearemo.model import StressModel, load_model
+from wearemo.pipeline import Pipeline
+from wearemo.samples import Channel, SampleBatch
+from wearemo.store import SQLiteStore
+
+T0 = 1_700_000_000_000_000_000  # a multiple of the 5-s step: windows end at T0 + 60 s, +65 s...
+S = 1_000_000_000
+HR_BPM = 70.0
+
+
+def sim_batches(
+    subject: str, duration_s: int, *, chunk_s: int = 10, seed: int = 1
+) -> list[SampleBatch]:
+    """PPG (64 Hz) and EDA (4 Hz) in ``chunk_s`` batches, interleaved as a wearable sends them."""
+    ppg = nk.ppg_simulate(duration=duration_s, sampling_rate=64, heart_rate=HR_BPM,
+                          random_state=seed)
+    eda = nk.eda_simulate(duration=duration_s, sampling_rate=4, scr_number=6,
+                          random_state=seed) + 3.0
+    out = []
+    for k in range(duration_s // chunk_s):
+        for channel, rate, sig in (("ppg", 64, ppg), ("eda", 4, eda)):
+            n = rate * chunk_s
+            out.append(SampleBatch(
+                batch_id=f"{subject}:{channel}:{k}", subject_id=subject, device_id="dev1",
+                channel=channel, start_ns=T0 + k * chunk_s * S, rate_hz=float(rate),
+                values=sig[k * n:(k + 1) * n].tolist()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model() -> StressModel:
+    return load_model("/tmp/h5-model")  # TEMP until default lands
+
+
+@pytest.fixture(scope="module")
+def batches() -> list[SampleBatch]:
+    return sim_batches("s1", 360)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, model: StressModel,
+              batches: list[SampleBatch]) -> tuple[list, list]:
+    """States and windows of one uninterrupted run."""
+    with SQLiteStore(tmp_path_factory.mktemp("ref") / "w.sqlite3") as store:
+        Pipeline(store, model).ingest(batches)
+        return store.states("s1"), store.windows("s1")
+
+
+def test_stream_to_states(tmp_path: Path, model: StressModel, batches: list[SampleBatch]) -> None:
+    with SQLiteStore(tmp_path / "w.sqlite3") as store:
+        report = Pipeline(store, model, config=WindowConfig()).ingest(batches)
+        assert report.rejected is None
+        assert report.stored == len(batches) == 72 and report.duplicates == 0
+        # windows end every 5 s from T0+60 s to the last end all channels passed (T0+355 s)
+        assert report.windows == report.states == 60
+        windows = store.windows("s1")
+        assert [w.end_ns for w in windows] == [T0 + e * S for e in range(60, 360, 5)]
+        hr = np.array([w.features["hr_mean_bpm"] for w in windows])
+        assert np.all(np.abs(hr - HR_BPM) < 2.0), hr  # simulated 70 bpm recovered within 2 bpm
+        states = store.states("s1")
+        assert [s.window_end_ns for s in states] == [w.end_ns for w in windows]
+        assert all(s.model_version == model.version for s in states)
+        assert {s.state for s in states[-5:]} <= {"stress", "non_stress"}  # past the warm-up
+        for s in states:  # a withheld state always says why; an estimate has a probability
+            assert (s.state == "withheld") == (s.p_stress is None)
+            assert s.state != "withheld" or s.reason
+        assert store.latest_state("s1") == states[-1]
+        summary = store.subject_summary("s1")
+        assert summary.samples == {"ppg": 36 * 640, "eda": 36 * 40}
+        assert summary.windows == 60 and sum(summary.states.values()) == 60
+
+
+def test_duplicates_are_stored_once(tmp_path: Path, model: StressModel,
+                                    batches: list[SampleBatch]) -> None:
+    with SQLiteStore(tmp_path / "w.sqlite3") as store:
+        pipeline = Pipeline(store, model)
+        first = pipeline.ingest(batches[:20])
+        again = pipeline.ingest(batches[:24])  # a retry that overlaps, plus 4 new batches
+        assert [r.status for r in again.results] == ["duplicate"] * 20 + ["stored"] * 4
+        assert first.stored + again.stored == 24
+        assert store.subject_summary("s1").samples == {"ppg": 12 * 640, "eda": 12 * 40}
+
+
+def test_out_of_order_batch_is_rejected_and_nothing_lost(
+    tmp_path: Path, model: StressModel, batches: list[SampleBatch]
+) -> None:
+    with SQLiteStore(tmp_path / "w.sqlite3") as store:
+        pipeline = Pipeline(store, model)
+        pipeline.ingest(batches[:10])  # up to T0 + 50 s
+        before = store.subject_summary("s1")
+        late = batches[4].model_copy(update={"batch_id": "late"})  # ppg at T0 + 20 s, new id
+        report = pipeline.ingest([batches[10], late, batches[11]])
+        assert [r.status for r in report.results] == ["stored", "rejected"]  # stops there
+        bad = report.rejected
+        assert bad is not None and bad.field == "start_ns" and report.rejected_index == 1
+        last = batches[10].end_ns  # ppg, T0 + 60 s - 1/64 s, stored just before
+        assert f"start_ns {late.start_ns}" in bad.reason and "'ppg'" in bad.reason
+        assert str(last) in bad.reason
+        after = store.subject_summary("s1")
+        assert after.samples["ppg"] == before.samples["ppg"] + 640  # only batches[10]
+        assert not store.has_batch("s1", "late")
+        # the stream was not disturbed: the rest of the recording still flows
+        rest = pipeline.ingest(batches[11:])
+        assert rest.rejected is None and rest.stored == len(batches) - 11
+
+
+def test_batch_id_reuse_with_other_content_is_rejected(
+    tmp_path: Path, model: StressModel, batches: list[SampleBatch]
+) -> None:
+    with SQLiteStore(tmp_path / "w.sqlite3") as store:
+        pipeline = Pipeline(store, model)
+        pipeline.ingest(batches[:2])
+        forged = batches[0].model_copy(update={"values": [0.0] * 640})
+        report = pipeline.ingest([forged])
+        assert report.rejected is not None and report.rejected.field == "batch_id"
+        assert "different content" in report.rejected.reason
+        assert store.samples("s1", Channel.PPG).values.tolist() == batches[0].values
+
+
+@pytest.mark.parametrize("split", [13, 40])  # during the warm-up / after the baseline is learned
+def test_restart_gives_the_same_states(
+    tmp_path: Path, model: StressModel, batches: list[SampleBatch], reference: tuple[list, list],
+    split: int,
+) -> None:
+    path = tmp_path / "w.sqlite3"
+    with SQLiteStore(path) as store:
+        Pipeline(store, model).ingest(batches[:split])
+    with SQLiteStore(path) as store:  # a new process: ordering, baseline and stream from disk
+        pipeline = Pipeline(store, model)
+        retry = pipeline.ingest(batches[split - 2:split])
+        assert [r.status for r in retry.results] == ["duplicate", "duplicate"]
+        overlap = batches[split - 2].model_copy(update={"batch_id": "new-id"})
+        assert pipeline.ingest([overlap]).rejected is not None  # ordering survived the restart
+        pipeline.ingest(batches[split:])
+        ref_states, ref_windows = reference
+        assert [w.end_ns for w in store.windows("s1")] == [w.end_ns for w in ref_windows]
+        got = store.states("s1")
+        assert [(s.window_end_ns, s.state, s.reason) for s in got] == [
+            (s.window_end_ns, s.state, s.reason) for s in ref_states]
+        np.testing.assert_allclose(
+            [s.p_stress if s.p_stress is not None else -1 for s in got],
+            [s.p_stress if s.p_stress is not None else -1 for s in ref_states], atol=1e-9)
+
+
+def test_windows_lost_in_a_crash_are_recovered(
+    tmp_path: Path, model: StressModel, batches: list[SampleBatch], reference: tuple[list, list]
+) -> None:
+    path = tmp_path / "w.sqlite3"
+    with SQLiteStore(path) as store:
+        Pipeline(store, model).ingest(batches[:30])
+        for b in batches[30:34]:  # raw data committed, process dies before windows/states
+            store.add_batch(b)
+    with SQLiteStore(path) as store:
+        Pipeline(store, model).ingest(batches[34:])
+        assert [s.window_end_ns for s in store.states("s1")] == [
+            s.window_end_ns for s in reference[0]]
+
+
+def test_concurrent_requests(tmp_path: Path, model: StressModel) -> None:
+    subjects = {f"c{k}": sim_batches(f"c{k}", 120, seed=k) for k in range(3)}
+    with SQLiteStore(tmp_path / "w.sqlite3") as store:
+        pipeline = Pipeline(store, model)
+        reports = []
+
+        def send(batches: list[SampleBatch]) -> None:
+            reports.append(pipeline.ingest(batches))
+
+        # every subject's data sent twice at once (a retry racing the original)
+        threads = [threading.Thread(target=send, args=(b,)) for b in subjects.values()]
+        threads += [threading.Thread(target=send, args=(b,)) for b in subjects.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(r.stored for r in reports) == sum(len(b) for b in subjects.values())
+        for sid in subjects:
+            assert store.subject_summary(sid).samples == {"ppg": 12 * 640, "eda": 12 * 40}
+            assert len(store.windows(sid)) == 12  # ends 60..115 s
+
+
+def test_flush_closes_pending_windows(tmp_path: Path, model: StressModel,
+                                      batches: list[SampleBatch]) -> None:
+    with SQLiteStore(tmp_path / "w.sqlite3") as store:
+        pipeline = Pipeline(store, model)
+        assert pipeline.ingest(batches[:13]).windows == 0  # ppg to 70 s, eda to 60 s: waiting
+        flushed = pipeline.flush()
+        assert flushed.windows == flushed.states == 2  # ends 60 and 65 s (newest sample 69.98 s)
+        assert [s.window_end_ns for s in store.states("s1")] == [T0 + 60 * S, T0 + 65 * S]
+        assert pipeline.flush("s1").windows == 0

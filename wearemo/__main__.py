@@ -1,0 +1,5 @@
+"""``python -m wearemo`` runs the CLI."""
+
+from wearemo.cli import main
+
+main()

@@ -1,0 +1,95 @@
+"""The FastAPI application: ``create_app()`` builds it, the lifespan builds its resources.
+
+Run it with ``wearemo serve`` or ``uvicorn --factory wearemo.api.app:create_app`` (settings
+from ``WEAREMO_*`` environment variables). OpenAPI docs are served at ``/docs``.
+
+Example
+-------
+>>> app = create_app(Settings(data_dir="/tmp/wearemo-doc"))
+>>> sorted(p for p in app.openapi()["paths"] if p.startswith("/v1"))[:2]
+['/v1/ingest', '/v1/subjects']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+
+from wearemo.api.deps import AppState, Resources
+from wearemo.api.errors import on_validation_error
+from wearemo.api.limits import BodySizeLimit
+from wearemo.api.routes import health, ingest, subjects
+from wearemo.features import WindowConfig
+from wearemo.model import load_model
+from wearemo.pipeline import Pipeline
+from wearemo.settings import Settings, get_settings
+from wearemo.store import open_store
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+def _version() -> str:
+    try:
+        return version("wearemo")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the wearemo HTTP API.
+
+    Parameters
+    ----------
+    settings
+        Service settings; read from the environment (``WEAREMO_*``) when ``None``.
+
+    Returns
+    -------
+    FastAPI
+        The app; its store, model and pipeline are created on startup and closed on shutdown.
+
+    Example
+    -------
+    >>> import uvicorn                                                # doctest: +SKIP
+    >>> uvicorn.run(create_app(Settings(data_dir="out/api")), port=8000)  # doctest: +SKIP
+    """
+    cfg = settings if settings is not None else get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
+        # Blocking set-up (model deserialisation, SQLite open) off the event loop.
+        model = await run_in_threadpool(load_model, cfg.model)
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await run_in_threadpool(open_store, cfg)
+        window = WindowConfig(
+            length_s=cfg.window_s,
+            step_s=cfg.step_s,
+            min_coverage=cfg.min_coverage,
+            lateness_s=cfg.lateness_s,
+        )
+        pipeline = Pipeline(store, model, config=window)
+        log.info("wearemo API ready: store=%s model=%s", cfg.store, model.version)
+        try:
+            yield {"resources": Resources(cfg, store, model, pipeline)}
+        finally:
+            store.close()
+
+    app = FastAPI(
+        title="wearemo",
+        version=_version(),
+        summary="Wearable physiological streams to stress states.",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.max_request_bytes)
+    app.include_router(health.router)
+    app.include_router(ingest.router)
+    app.include_router(subjects.router)
+    return app

@@ -1,0 +1,107 @@
+"""Dependencies: the resources built in the lifespan, handed out as ``Annotated`` aliases.
+
+Example
+-------
+>>> from fastapi import FastAPI
+>>> app = FastAPI()
+>>> @app.get("/n")
+... def n(store: StoreDep) -> list[str]:
+...     return store.subject_ids()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, TypedDict
+
+from fastapi import Depends, HTTPException, Path, Request
+
+from wearemo.model import StressModel
+from wearemo.pipeline import Pipeline
+from wearemo.samples import ID_PATTERN
+from wearemo.settings import Settings
+from wearemo.store import StateStore
+
+__all__ = [
+    "AppState",
+    "KnownSubject",
+    "ModelDep",
+    "PipelineDep",
+    "Resources",
+    "SettingsDep",
+    "StoreDep",
+    "SubjectId",
+    "get_pipeline",
+    "get_resources",
+    "get_settings",
+    "get_store",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """Everything a request may need, built once per app in the lifespan."""
+
+    settings: Settings
+    store: StateStore
+    model: StressModel
+    pipeline: Pipeline
+
+
+class AppState(TypedDict):
+    """What the lifespan yields (Starlette copies it into each ``request.state``)."""
+
+    resources: Resources
+
+
+def get_resources(request: Request) -> Resources:
+    """The app's :class:`Resources`."""
+    resources: Resources = request.state.resources
+    return resources
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings."""
+    return get_resources(request).settings
+
+
+def get_store(request: Request) -> StateStore:
+    """The app's store."""
+    return get_resources(request).store
+
+
+def get_model(request: Request) -> StressModel:
+    """The app's model."""
+    return get_resources(request).model
+
+
+def get_pipeline(request: Request) -> Pipeline:
+    """The app's streaming pipeline."""
+    return get_resources(request).pipeline
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[StateStore, Depends(get_store)]
+ModelDep = Annotated[StressModel, Depends(get_model)]
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+
+#: A subject id in the path: validated against the pseudonymous-id pattern (else 422).
+SubjectId = Annotated[
+    str,
+    Path(
+        pattern=ID_PATTERN,
+        description="Pseudonymous subject id (letters, digits, '._:-'; at most 128 characters).",
+        examples=["s01"],
+    ),
+]
+
+
+def known_subject(subject_id: SubjectId, store: StoreDep) -> str:
+    """The path's subject id if the store knows it, else HTTP 404."""
+    if not store.has_subject(subject_id):
+        raise HTTPException(status_code=404, detail=f"unknown subject {subject_id!r}")
+    return subject_id
+
+
+#: A subject id that exists in the store (404 otherwise).
+KnownSubject = Annotated[str, Depends(known_subject)]

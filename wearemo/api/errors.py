@@ -1,0 +1,128 @@
+"""422 bodies that name the field: ``{"detail": [{type, loc, field, msg}, ...]}``.
+
+Pydantic reports a failed ``SampleBatch`` model check at the batch (``batches.0``); the check's
+message starts with the field it concerns (``values[17]: not a finite number``), so the
+location is extended to ``batches.0.values.17``. Union branches (``values`` is a list of numbers
+*or* of triples) are reduced to the branch that explains the input best, and every message
+starts with the field it is about. The offending input is never echoed back (it may be megabytes
+of samples, or NaN, which JSON cannot carry).
+
+Example
+-------
+>>> [issue] = validation_issues([{"type": "value_error", "loc": ("body", "batches", 0),
+...                               "msg": "Value error, values[17]: not a finite number"}])
+>>> issue["field"], issue["msg"]
+('batches.0.values.17', 'values[17]: not a finite number')
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from wearemo.samples import SampleBatch
+
+__all__ = ["on_validation_error", "validation_issues"]
+
+_SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
+_FIELD_PREFIX = re.compile(r"^(?P<name>[a-z_]+)(?:\[(?P<index>\d+)\])?(?=[: ])")
+_BATCH_FIELDS = frozenset(SampleBatch.model_fields)
+
+
+def _is_tag(part: object) -> bool:
+    # pydantic names union branches by their type, e.g. "list[float]"; field names have no "["
+    return isinstance(part, str) and "[" in part
+
+
+def _pick_union_branches(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep, per union, the branch with the fewest errors (ties: the most specific)."""
+    branches: dict[tuple[Any, ...], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, err in enumerate(errors):
+        loc = err["loc"]
+        for j, part in enumerate(loc):
+            if _is_tag(part):
+                branches[tuple(loc[:j])][part].append(i)
+                break
+    drop: set[int] = set()
+    for by_tag in branches.values():
+        if len(by_tag) < 2:
+            continue
+        best = min(
+            by_tag,
+            key=lambda tag: (len(by_tag[tag]), -max(len(errors[i]["loc"]) for i in by_tag[tag])),
+        )
+        drop.update(i for tag, idx in by_tag.items() if tag != best for i in idx)
+    return [e for i, e in enumerate(errors) if i not in drop]
+
+
+def _label(path: Sequence[str | int]) -> str:
+    """``["batches", 0, "values", 17]`` -> ``"values[17]"``."""
+    names = [j for j, p in enumerate(path) if isinstance(p, str)]
+    if not names:
+        return "body"
+    j = names[-1]
+    return str(path[j]) + "".join(f"[{p}]" for p in path[j + 1 :])
+
+
+def validation_issues(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """FastAPI/pydantic errors as ``{type, loc, field, msg}``, naming the innermost field.
+
+    Example
+    -------
+    >>> validation_issues([{"type": "greater_than_equal", "loc": ("body", "batches", 2,
+    ...                     "start_ns"), "msg": "Input should be greater than or equal to 0"}])
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [{'type': 'greater_than_equal', 'loc': ['body', 'batches', 2, 'start_ns'],
+      'field': 'batches.2.start_ns', 'msg': 'start_ns: Input should be greater than or equal to 0'}]
+    """
+    cleaned = []
+    for err in errors:
+        loc = list(err.get("loc", ()))
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        kind = str(err.get("type", "value_error"))
+        if kind == "json_invalid":  # loc is ("body", character offset)
+            where = loc[1] if len(loc) > 1 else "?"
+            why = (err.get("ctx") or {}).get("error", "")
+            cleaned.append({"type": kind, "loc": ["body"],
+                            "msg": f"body: invalid JSON at character {where}: {why}"})
+            continue
+        match = _FIELD_PREFIX.match(msg)
+        if (
+            match
+            and kind == "value_error"
+            and match["name"] in _BATCH_FIELDS
+            and len(loc) >= 3
+            and loc[0] == "body"
+            and loc[-2] == "batches"
+        ):
+            loc.append(match["name"])
+            if match["index"] is not None:
+                loc.append(int(match["index"]))
+        cleaned.append({"type": kind, "loc": loc, "msg": msg})
+    issues = []
+    for err in _pick_union_branches(cleaned):
+        loc = [p for p in err["loc"] if not _is_tag(p)]
+        path = loc[1:] if loc and loc[0] in _SOURCES else loc
+        label = _label(path)
+        msg = err["msg"] if err["msg"].startswith(label) else f"{label}: {err['msg']}"
+        issues.append(
+            {
+                "type": err["type"],
+                "loc": loc,
+                "field": ".".join(str(p) for p in path) or "body",
+                "msg": msg,
+            }
+        )
+    return issues
+
+
+async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """Exception handler: HTTP 422 with :func:`validation_issues`."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(status_code=422, content={"detail": validation_issues(exc.errors())})

@@ -1,0 +1,82 @@
+"""``POST /v1/ingest``: sample batches in, windows and states out (into the store)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from fastapi.exceptions import RequestValidationError
+
+from wearemo.api.deps import PipelineDep, SettingsDep
+from wearemo.api.schemas import (
+    BatchOutcome,
+    ConflictDetail,
+    ConflictResponse,
+    ErrorResponse,
+    IngestRequest,
+    IngestResponse,
+    ValidationResponse,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["ingest"])
+
+
+@router.post(
+    "/v1/ingest",
+    responses={
+        409: {
+            "model": ConflictResponse,
+            "description": "A batch overlaps earlier data of its channel or re-uses a batch id "
+            "with different content; batches before it stay stored.",
+        },
+        413: {"model": ErrorResponse, "description": "Request body too large."},
+        422: {"model": ValidationResponse, "description": "Invalid batch (the field is named)."},
+    },
+)
+def ingest(body: IngestRequest, pipeline: PipelineDep, settings: SettingsDep) -> IngestResponse:
+    """Store sample batches and run them through the per-subject streaming pipeline.
+
+    Batches are processed in order. A batch whose ``batch_id`` is already stored for its subject
+    is reported as ``duplicate`` and not stored again, so retrying a whole request is safe. A
+    batch that starts at or before the last stored sample of its channel stops the request with
+    HTTP 409; the batches before it stay stored.
+    """
+    # A plain sync handler: FastAPI runs it in the thread pool, off the event loop.
+    n = len(body.batches)
+    if n > settings.max_batches_per_request:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "too_long",
+                    "loc": ("body", "batches"),
+                    "msg": f"batches: {n} batches in one request; at most "
+                    f"{settings.max_batches_per_request} are accepted (split the upload)",
+                }
+            ]
+        )
+    report = pipeline.ingest(body.batches)
+    rejected, index = report.rejected, report.rejected_index
+    if rejected is not None and index is not None:
+        earlier = report.results[:index]
+        raise HTTPException(
+            status_code=409,
+            detail=ConflictDetail(
+                field=f"batches.{index}.{rejected.field}",
+                message=rejected.reason or "rejected",
+                batch_id=rejected.batch_id,
+                stored_before=[r.batch_id for r in earlier if r.status == "stored"],
+                duplicates_before=[r.batch_id for r in earlier if r.status == "duplicate"],
+            ).model_dump(),
+        )
+    return IngestResponse(
+        stored=report.stored,
+        duplicates=report.duplicates,
+        windows=report.windows,
+        states=report.states,
+        results=[
+            BatchOutcome(
+                batch_id=r.batch_id, status="stored" if r.status == "stored" else "duplicate"
+            )
+            for r in report.results
+        ],
+    )

@@ -1,0 +1,252 @@
+"""Batch work on recording folders: featurise cohorts, build training sets, predict.
+
+Recordings enter at :mod:`wearemo.datasets` and take exactly the streaming path
+(``SubjectStream`` → ``SubjectEstimator``), so a folder processed here gets the same windows,
+features and states as the same data streamed live through the API.
+
+Example
+-------
+>>> frame = predict_rows(DEFAULT_EXCERPT, model="default", jobs=1)  # doctest: +SKIP
+>>> sorted(frame.state.unique())  # doctest: +SKIP
+['non_stress', 'stress', 'withheld']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wearemo.datasets import Recording, find_recordings, load_recording
+from wearemo.features import (
+    FEATURE_NAMES,
+    FeatureWindow,
+    WindowConfig,
+    featurize_recording,
+    windows_to_frame,
+)
+from wearemo.model import load_model
+from wearemo.model.train import LabelledWindows
+from wearemo.samples import Channel
+
+__all__ = [
+    "DEFAULT_EXCERPT",
+    "featurize_dirs",
+    "frame_to_windows",
+    "labelled_windows",
+    "predict_rows",
+    "tracking_report",
+]
+
+#: The real excerpt the virtual wearable replays by default (Stress-Predict S02, MIT license).
+DEFAULT_EXCERPT = (
+    Path(__file__).resolve().parent.parent
+    / "firmware_bridge" / "virtual_wearable" / "data" / "stress-predict-S02-excerpt"
+)
+
+#: Windows learned from must lie at least this much inside one labelled segment.
+TRAIN_MIN_FRACTION = 0.8
+
+
+def _featurize_one(args: tuple[Path, float, float]) -> pd.DataFrame:
+    path, window_s, step_s = args
+    rec = load_recording(path)
+    frame = windows_to_frame(
+        featurize_recording(rec, config=WindowConfig(length_s=window_s, step_s=step_s))
+    )
+    return _add_labels(frame, rec)
+
+
+def _add_labels(frame: pd.DataFrame, rec: Recording) -> pd.DataFrame:
+    labels: list[str | None] = []
+    tasks: list[str | None] = []
+    pure: list[bool] = []
+    for a, b in zip(frame.window_start, frame.window_end, strict=True):
+        s_ns, e_ns = round(a * 1e9), round(b * 1e9)
+        seg = rec.window_label(s_ns, e_ns)
+        labels.append(seg.label if seg else None)
+        tasks.append(seg.task if seg else None)
+        pure.append(rec.window_label(s_ns, e_ns, min_fraction=TRAIN_MIN_FRACTION) is not None)
+    if len(frame):
+        frame["label"] = pd.Series(labels, index=frame.index, dtype=object)
+        frame["task"] = pd.Series(tasks, index=frame.index, dtype=object)
+        frame["label_pure"] = pure
+    return frame
+
+
+def featurize_dirs(
+    root: Path, *, window_s: float = 60.0, step_s: float = 5.0, jobs: int = 2
+) -> pd.DataFrame:
+    """Featurise every recording under ``root`` (one row per window, with labels if present).
+
+    Example
+    -------
+    >>> featurize_dirs(DEFAULT_EXCERPT, jobs=1).shape[0] > 100  # doctest: +SKIP
+    True
+    """
+    paths = find_recordings(root)
+    args = [(p, window_s, step_s) for p in paths]
+    if jobs > 1 and len(paths) > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            frames = list(pool.map(_featurize_one, args))
+    else:
+        frames = [_featurize_one(a) for a in args]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def frame_to_windows(frame: pd.DataFrame) -> list[FeatureWindow]:
+    """Rebuild feature windows from :func:`windows_to_frame` rows (for cached feature tables)."""
+    known = [c for c in frame.columns if c in FEATURE_NAMES]
+    quality = [c for c in frame.columns if c.startswith("quality_")]
+    out = []
+    for r in frame.to_dict("records"):
+        out.append(
+            FeatureWindow(
+                subject_id=str(r["subject"]),
+                start_ns=round(r["window_start"] * 1e9),
+                end_ns=round(r["window_end"] * 1e9),
+                features={k: float(r[k]) for k in known if not math.isnan(r[k])},
+                sample_counts={c.value: int(r[f"samples_{c.value}"]) for c in Channel},
+                coverage={c.value: float(r[f"coverage_{c.value}"]) for c in Channel},
+                quality={q.removeprefix("quality_"): float(r[q]) for q in quality
+                         if not math.isnan(r[q])},
+                motion=bool(r["motion"]),
+                beat_source=str(r["beat_source"]),
+                n_beats=int(r["n_beats"]),
+            )
+        )
+    return out
+
+
+def _code_hash() -> str:
+    # Part of the feature-cache key, so an edited feature definition never reuses stale windows.
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for src in sorted([*(here / "signals").rglob("*.py"), *(here / "features").rglob("*.py")]):
+        h.update(src.read_bytes())
+    return h.hexdigest()
+
+
+def _data_hash(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for folder in paths:
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                h.update(f.name.encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def labelled_windows(
+    root: Path, *, cache: Path | None = None, jobs: int = 2
+) -> tuple[list[LabelledWindows], str]:
+    """Feature windows and labels of every recording under ``root`` (+ a hash of the data).
+
+    ``cache`` names a Parquet file reused when it was made from the same data (same hash).
+    """
+    paths = find_recordings(root)
+    digest = _data_hash(paths)
+    key = f"{digest}:{_code_hash()}"
+    frame: pd.DataFrame | None = None
+    if cache is not None and cache.is_file():
+        cached = pd.read_parquet(cache)
+        if "cache_key" in cached.columns and (cached.cache_key == key).all():
+            frame = cached
+    if frame is None:
+        frame = featurize_dirs(root, jobs=jobs)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            frame.assign(cache_key=key).to_parquet(cache, index=False)
+    data = []
+    for subject, group in frame.groupby("subject", sort=True):
+        group = group.sort_values("window_end")
+        data.append(
+            LabelledWindows(
+                subject_id=str(subject),
+                windows=frame_to_windows(group),
+                labels=[x if isinstance(x, str) else None for x in group.label],
+                tasks=[x if isinstance(x, str) else None for x in group.task],
+                train_mask=[bool(x) for x in group.label_pure],
+            )
+        )
+    return data, digest
+
+
+def _predict_one(args: tuple[Path, str]) -> pd.DataFrame:
+    path, model_name = args
+    rec = load_recording(path)
+    model = load_model(model_name)
+    est = model.for_subject(rec.subject_id)
+    rows: list[dict[str, Any]] = []
+    for w in featurize_recording(rec):
+        s = est.update(w)
+        seg = rec.window_label(w.start_ns, w.end_ns) if rec.labels else None
+        rows.append(
+            {
+                "subject": rec.subject_id,
+                "window_start": w.start_ns / 1e9,
+                "window_end": w.end_ns / 1e9,
+                "state": s.state,
+                "p_stress": s.p_stress,
+                "reason": s.reason or "",
+                "label": seg.label if seg else "",
+                "task": seg.task if seg else "",
+                "model_version": s.model_version,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def predict_rows(root: Path, *, model: str = "default", jobs: int = 2) -> pd.DataFrame:
+    """States for every window of every recording under ``root`` (the streaming estimator)."""
+    args = [(p, model) for p in find_recordings(root)]
+    if jobs > 1 and len(args) > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            frames = list(pool.map(_predict_one, args))
+    else:
+        frames = [_predict_one(a) for a in args]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def tracking_report(states: Sequence[dict[str, Any]], source: Path) -> dict[str, Any] | None:
+    """How well streamed states follow a recording's labels (``None`` if it has none).
+
+    ``states`` are API state dicts (``window_start_ns``, ``window_end_ns``, ``state``,
+    ``p_stress``); each estimated window is compared with the label covering most of it.
+    """
+    if not (source / "labels.csv").is_file():
+        return None
+    rec = load_recording(source, channels=[Channel.EDA])
+    y, p = [], []
+    per_segment: dict[str, list[int]] = {}
+    for s in states:
+        if s["state"] == "withheld":
+            continue
+        seg = rec.window_label(int(s["window_start_ns"]), int(s["window_end_ns"]))
+        if seg is None:
+            continue
+        y.append(1 if seg.label == "stress" else 0)
+        p.append(float(s["p_stress"]))
+        key = f"{seg.start_ns // 10**9}:{seg.task}"
+        per_segment.setdefault(key, []).append(1 if s["state"] == "stress" else 0)
+    if not y:
+        return {"windows_compared": 0}
+    ya, pa = np.array(y), np.array(p)
+    pred = pa >= 0.5
+    tpr = float(pred[ya == 1].mean()) if (ya == 1).any() else None
+    tnr = float((~pred[ya == 0]).mean()) if (ya == 0).any() else None
+    return {
+        "windows_compared": len(y),
+        "accuracy": float((pred == ya).mean()),
+        "balanced_accuracy": (tpr + tnr) / 2 if tpr is not None and tnr is not None else None,
+        "stress_rate_by_segment": {
+            k: round(float(np.mean(v)), 3) for k, v in sorted(per_segment.items())
+        },
+    }

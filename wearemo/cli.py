@@ -1,0 +1,302 @@
+"""The ``wearemo`` command line: demo, serve, bridge, process, train, predict.
+
+Example
+-------
+``wearemo demo --subjects 2 --summary out/demo-summary.json`` starts the API, two virtual
+wearables replaying the shipped real excerpt and the BLE bridge, shows live states and writes a
+JSON summary. ``wearemo train ../shared/data/stress-predict --out models/mine`` trains a model
+and scores it leave-one-subject-out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from wearemo.batch import (
+    DEFAULT_EXCERPT,
+    featurize_dirs,
+    labelled_windows,
+    predict_rows,
+    tracking_report,
+)
+
+__all__ = ["app"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"API process exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"API at {url} not ready after {timeout_s:.0f} s")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the embedded store lives.")] = None,
+) -> None:
+    """Run the HTTP API (ingest, states, OpenAPI docs at /docs)."""
+    import uvicorn
+
+    if data_dir is not None:
+        os.environ["WEAREMO_DATA_DIR"] = str(data_dir)
+    uvicorn.run("wearemo.api.app:create_app", factory=True, host=host, port=port,
+                log_level="warning")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bridge(ctx: typer.Context) -> None:
+    """Run the BLE bridge (``python -m firmware_bridge run ...``; see ``--help`` there).
+
+    The bridge is a separate program: it may run on a gateway next to the wearables while the
+    API runs elsewhere, and ``wearemo`` itself never imports it.
+    """
+    args = list(ctx.args) or ["--help"]
+    if args[0] != "run" and not args[0].startswith("-"):
+        pass
+    elif args[0] != "run":
+        args = ["run", *args]
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "firmware_bridge", *args]))
+
+
+def _states_table(rows: dict[str, dict[str, Any]]) -> Table:
+    table = Table(title="wearemo live states")
+    for col in ("subject", "window end (UTC)", "label", "state", "p(stress)", "reason", "samples"):
+        table.add_column(col)
+    for subject, r in sorted(rows.items()):
+        state = r.get("state") or {}
+        colour = {"stress": "red", "non_stress": "green"}.get(state.get("state", ""), "yellow")
+        p = state.get("p_stress")
+        end = state.get("window_end_ns")
+        table.add_row(
+            subject,
+            time.strftime("%H:%M:%S", time.gmtime(end / 1e9)) if end else "-",
+            r.get("label") or "-",
+            f"[{colour}]{state.get('state', 'waiting')}[/{colour}]",
+            f"{p:.2f}" if p is not None else "-",
+            (state.get("reason") or "")[:40],
+            str(r.get("samples", 0)),
+        )
+    return table
+
+
+@app.command()
+def demo(
+    subjects: Annotated[int, typer.Option(help="Virtual wearables (one subject each).")] = 1,
+    duration: Annotated[
+        float | None, typer.Option(help="Device seconds to replay (default: whole source).")
+    ] = None,
+    speed: Annotated[float, typer.Option(help="Replay speed (device time / wall time).")] = 10.0,
+    source: Annotated[
+        Path | None, typer.Option(help="Recording folder to replay, or 'sim'.")
+    ] = None,
+    summary: Annotated[Path | None, typer.Option(help="Write the JSON summary here.")] = None,
+    workdir: Annotated[Path, typer.Option(help="Scratch folder (store, spool).")] = Path(
+        "out/demo"
+    ),
+) -> None:
+    """API + N virtual BLE wearables + the bridge, live states in the terminal, JSON summary."""
+    src = str(source) if source is not None else str(DEFAULT_EXCERPT)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "WEAREMO_DATA_DIR": str(workdir / "data")}
+    api = subprocess.Popen(
+        [sys.executable, "-m", "wearemo", "serve", "--port", str(port)], env=env
+    )
+    report_path = workdir / "bridge-report.json"
+    bridge_proc: subprocess.Popen[bytes] | None = None
+    try:
+        _wait_ready(url, api)
+        cmd = [
+            sys.executable, "-m", "firmware_bridge", "run", "--api", url,
+            "--virtual", str(subjects), "--source", src, "--speed", str(speed),
+            "--spool", str(workdir / "spool.sqlite"), "--report", str(report_path),
+        ]
+        if duration is not None:
+            cmd += ["--duration", str(duration)]
+        bridge_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        labels = _labels_of(src)
+        rows: dict[str, dict[str, Any]] = {}
+        with httpx.Client(base_url=url, timeout=10.0) as client, Live(
+            _states_table(rows), console=console, refresh_per_second=2
+        ) as live:
+            while bridge_proc.poll() is None:
+                _poll(client, rows, labels)
+                live.update(_states_table(rows))
+                time.sleep(1.0)
+            _poll(client, rows, labels)
+            live.update(_states_table(rows))
+            if bridge_proc.returncode != 0:
+                raise RuntimeError(f"bridge exited with code {bridge_proc.returncode}")
+            result = _summarise(client, json.loads(report_path.read_text()), src)
+    finally:
+        for proc in (bridge_proc, api):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    console.print_json(data=result)
+    if summary is not None:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"summary written to {summary}")
+
+
+def _labels_of(src: str) -> list[tuple[float, float, str, str]]:
+    path = Path(src) / "labels.csv"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines()[1:]:
+        a, b, label, task = line.split(",")
+        out.append((float(a), float(b), label, task))
+    return out
+
+
+def _label_at(labels: list[tuple[float, float, str, str]], t_s: float) -> str | None:
+    for a, b, label, task in labels:
+        if a <= t_s < b:
+            return f"{label} ({task})"
+    return None
+
+
+def _poll(client: httpx.Client, rows: dict[str, dict[str, Any]], labels: list[Any]) -> None:
+    resp = client.get("/v1/subjects")
+    if resp.status_code != 200:
+        return
+    for subject in resp.json():
+        row = rows.setdefault(subject, {})
+        s = client.get(f"/v1/subjects/{subject}")
+        if s.status_code == 200:
+            row["samples"] = sum(s.json().get("samples", {}).values())
+        st = client.get(f"/v1/subjects/{subject}/state")
+        if st.status_code == 200:
+            row["state"] = st.json()
+            row["label"] = _label_at(labels, st.json()["window_end_ns"] / 1e9 - 30.0)
+
+
+def _summarise(client: httpx.Client, report: dict[str, Any], src: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"subjects": {}, "store_rows": 0}
+    for subject, bridge_info in sorted(report["subjects"].items()):
+        info = client.get(f"/v1/subjects/{subject}").json()
+        states = client.get(f"/v1/subjects/{subject}/states", params={"limit": 100000}).json()
+        sent = bridge_info["sent"]
+        stored = info.get("samples", {})
+        lost = sum(max(0, n - stored.get(ch, 0)) for ch, n in sent.items())
+        counts = {"stress": 0, "non_stress": 0, "withheld": 0}
+        for s in states:
+            counts[s["state"]] += 1
+        entry: dict[str, Any] = {
+            "samples": stored,
+            "sent": sent,
+            "lost_samples": lost,
+            "windows": info.get("windows", 0),
+            "states": counts,
+        }
+        tracking = tracking_report(states, Path(src))
+        if tracking is not None:
+            entry["tracking"] = tracking
+        out["subjects"][subject] = entry
+        out["store_rows"] += info.get("batches", 0) + info.get("windows", 0) + len(states)
+    return out
+
+
+@app.command()
+def process(
+    recordings: Annotated[Path, typer.Argument(help="Recording folder or folder of them.")],
+    out: Annotated[Path, typer.Option(help="Output .parquet or .csv.")],
+    window: Annotated[float, typer.Option(help="Window length, s.")] = 60.0,
+    step: Annotated[float, typer.Option(help="Window step, s.")] = 5.0,
+    jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """Featurise recordings (the same incremental code as live streaming) into a table."""
+    frame = featurize_dirs(recordings, window_s=window, step_s=step, jobs=jobs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        frame.to_parquet(out, index=False)
+    console.print(f"{len(frame)} windows → {out}")
+
+
+@app.command()
+def train(
+    recordings: Annotated[Path, typer.Argument(help="Folder of labelled recordings.")],
+    out: Annotated[Path, typer.Option(help="Model artifact folder to write.")],
+    features: Annotated[
+        Path | None, typer.Option(help="Feature cache (.parquet) to reuse or create.")
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train the stress model, score it leave-one-subject-out, write artifact + manifest + card."""
+    from wearemo.model.card import model_card
+    from wearemo.model.train import fit_model, loso_evaluate
+
+    data, data_hash = labelled_windows(recordings, cache=features, jobs=jobs)
+    console.print(f"{len(data)} subjects, {sum(len(d.windows) for d in data)} windows")
+    report = loso_evaluate(data, seed=seed, n_jobs=jobs)
+    loso = report.summary()
+    console.print_json(data=loso["pooled"])
+    model = fit_model(data, seed=seed)
+    model.manifest.update({"data_hash": data_hash, "data": str(recordings), "loso": loso,
+                           "withheld_windows": report.withheld})
+    model.save(out, card=None)
+    (out / "MODEL_CARD.md").write_text(model_card(model.manifest))
+    (out / "loso_predictions.json").write_text(json.dumps(report.predictions) + "\n")
+    console.print(f"model {model.version} → {out}")
+
+
+@app.command()
+def predict(
+    recordings: Annotated[Path, typer.Argument(help="Recording folder or folder of them.")],
+    out: Annotated[Path, typer.Option(help="CSV to write (one row per window).")],
+    model: Annotated[str, typer.Option(help="'default' or an artifact folder.")] = "default",
+    jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """Run the streaming pipeline over recordings; one row per window with state and p_stress."""
+    frame = predict_rows(recordings, model=model, jobs=jobs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+    console.print(f"{len(frame)} windows → {out}")
+
+
+def main() -> None:
+    """Entry point of ``python -m wearemo``."""
+    app()

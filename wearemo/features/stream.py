@@ -1,0 +1,184 @@
+"""The incremental window scheduler: one per subject, used by live streaming and batch alike.
+
+Example
+-------
+>>> from wearemo.samples import SampleBatch
+>>> s = SubjectStream("s1", config=WindowConfig(length_s=10, step_s=5))
+>>> b = SampleBatch(batch_id="b", subject_id="s1", device_id="d", channel="temp",
+...                 start_ns=0, rate_hz=4.0, values=[33.0] * 80)
+>>> [w.end_ns // 10**9 for w in s.push(b)], [w.end_ns // 10**9 for w in s.flush()]
+([10, 15], [])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wearemo.features.compute import ChannelSlice, window_features
+from wearemo.features.config import WindowConfig, first_window_end
+from wearemo.features.window import FeatureWindow
+from wearemo.samples import Channel, SampleBatch
+
+__all__ = ["SubjectStream"]
+
+
+@dataclass(slots=True)
+class _Buffer:
+    times_ns: np.ndarray
+    values: np.ndarray
+    rate_hz: float | None
+    last_ns: int = field(default=-(2**63))
+
+
+class SubjectStream:
+    """Cut one subject's channels into aligned windows and compute their features.
+
+    Windows are ``[T - length, T)`` with ``T`` on multiples of ``step`` on the unix epoch,
+    stamped at ``T``; the first is the first such ``T`` with ``T - length`` at or after the
+    subject's first sample. A window is computed exactly once, in order, as soon as every
+    expected channel (or, when ``expected_channels`` is None, every channel seen so far) has a
+    sample at or after ``T`` (so nothing more can fall inside it), or once any channel's
+    newest sample is more than ``lateness_s`` past ``T`` (lagging channels then count with
+    what they have, i.e. low coverage). Windows below ``min_coverage`` are still emitted.
+
+    Only what the open windows need is kept per channel (a ring buffer of about one window).
+
+    Determinism: the windows and values do not depend on how the data is chunked, provided
+    batches of different channels arrive in order of their first sample, each spans less than
+    ``lateness_s``, and (with ``expected_channels`` None) every channel starts before the first
+    window that could contain its data is due. Pass ``expected_channels`` for exact re-runs.
+
+    Parameters
+    ----------
+    subject_id
+        The subject; batches for another subject are refused.
+    config
+        Window parameters.
+    expected_channels
+        Channels to wait for (None: the channels seen so far).
+
+    Example
+    -------
+    >>> SubjectStream("s1").flush()
+    []
+    """
+
+    def __init__(
+        self,
+        subject_id: str,
+        *,
+        config: WindowConfig | None = None,
+        expected_channels: frozenset[Channel] | None = None,
+    ) -> None:
+        self.subject_id = subject_id
+        self.config = config or WindowConfig()
+        self.expected_channels = expected_channels
+        self._buffers: dict[Channel, _Buffer] = {}
+        self._first_ns: int | None = None
+        self._next_end_ns: int | None = None  # set once the first window is emitted
+
+    # -- public -------------------------------------------------------------------------------
+
+    def push(self, batch: SampleBatch) -> list[FeatureWindow]:
+        """Add a batch and return the windows it completes (possibly none).
+
+        Raises
+        ------
+        ValueError
+            The batch is for another subject, or it starts at or before the last sample
+            already received on its channel (out-of-order or duplicate data; the ingest stage
+            filters those before).
+        """
+        if batch.subject_id != self.subject_id:
+            raise ValueError(
+                f"batch {batch.batch_id!r} is for subject {batch.subject_id!r}, "
+                f"this stream is {self.subject_id!r}"
+            )
+        ch = batch.channel
+        times = batch.times_ns()
+        values = batch.values_array()
+        buf = self._buffers.get(ch)
+        if buf is not None and int(times[0]) <= buf.last_ns:
+            raise ValueError(
+                f"channel {ch.value!r}: batch {batch.batch_id!r} starts at {int(times[0])} ns, "
+                f"at or before the channel's last sample at {buf.last_ns} ns "
+                "(out-of-order or duplicate data)"
+            )
+        if buf is None:
+            buf = _Buffer(times[:0], values[:0], batch.rate_hz)
+            self._buffers[ch] = buf
+        if batch.rate_hz is not None:
+            buf.rate_hz = batch.rate_hz
+        buf.last_ns = int(times[-1])
+        if self._next_end_ns is None:
+            # Until the first window is out, the subject's start may still move earlier (another
+            # channel's first batch); keep everything until then.
+            t0 = int(times[0])
+            self._first_ns = t0 if self._first_ns is None else min(self._first_ns, t0)
+        keep_from = self._next_end_ns and self._next_end_ns - self.config.length_ns
+        if keep_from and times[0] < keep_from:
+            i = int(np.searchsorted(times, keep_from, side="left"))
+            times, values = times[i:], values[i:]
+        if times.size:
+            buf.times_ns = np.concatenate([buf.times_ns, times])
+            buf.values = np.concatenate([buf.values, values])
+        return self._emit(final=False)
+
+    def flush(self) -> list[FeatureWindow]:
+        """Emit every remaining window that ends at or before the newest sample received."""
+        return self._emit(final=True)
+
+    @property
+    def next_window_end_ns(self) -> int | None:
+        """End of the next window to be emitted (None before any data)."""
+        if self._next_end_ns is not None:
+            return self._next_end_ns
+        if self._first_ns is None:
+            return None
+        return first_window_end(self._first_ns, self.config)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _ready(self, end_ns: int, newest_ns: int, final: bool) -> bool:
+        required = self.expected_channels
+        if required is None:
+            required = frozenset(self._buffers)
+        if all(c in self._buffers and self._buffers[c].last_ns >= end_ns for c in required):
+            return True
+        if newest_ns - end_ns > self.config.lateness_ns:
+            return True
+        return final and end_ns <= newest_ns
+
+    def _emit(self, *, final: bool) -> list[FeatureWindow]:
+        out: list[FeatureWindow] = []
+        if not self._buffers:
+            return out
+        newest = max(b.last_ns for b in self._buffers.values())
+        length = self.config.length_ns
+        while True:
+            end = self.next_window_end_ns
+            if end is None or not self._ready(end, newest, final):
+                break
+            start = end - length
+            slices: dict[Channel, ChannelSlice] = {}
+            for ch, buf in self._buffers.items():
+                i0, i1 = np.searchsorted(buf.times_ns, [start, end], side="left")
+                slices[ch] = ChannelSlice(buf.times_ns[i0:i1], buf.values[i0:i1], buf.rate_hz)
+            for ch in self.expected_channels or ():
+                if ch not in slices:
+                    slices[ch] = ChannelSlice(np.zeros(0, np.int64), np.zeros(0), None)
+            out.append(window_features(self.subject_id, start, end, slices, config=self.config))
+            self._next_end_ns = end + self.config.step_ns
+            self._trim()
+        return out
+
+    def _trim(self) -> None:
+        assert self._next_end_ns is not None
+        keep_from = self._next_end_ns - self.config.length_ns
+        for buf in self._buffers.values():
+            i = int(np.searchsorted(buf.times_ns, keep_from, side="left"))
+            if i:
+                buf.times_ns = buf.times_ns[i:]
+                buf.values = buf.values[i:]

@@ -1,0 +1,91 @@
+"""Service settings, read from the environment (prefix ``WEAREMO_``) or a ``.env`` file.
+
+Example
+-------
+>>> s = Settings(data_dir="/tmp/wearemo-doc")
+>>> s.resolved_sqlite_path().name
+'wearemo.sqlite3'
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Configuration of the wearemo service.
+
+    Every field can be set as ``WEAREMO_<FIELD>`` (e.g. ``WEAREMO_DATA_DIR=/var/lib/wearemo``).
+
+    Attributes
+    ----------
+    data_dir
+        Directory for the embedded store and other service state (created on start).
+    store
+        Backend of the :class:`~wearemo.store.StateStore`; ``"sqlite"`` is the zero set-up
+        default.
+    sqlite_path
+        SQLite database file; defaults to ``data_dir / "wearemo.sqlite3"``.
+    model
+        ``"default"`` (the artifact shipped in the package) or a path to a model artifact.
+    window_s, step_s
+        Feature window length and hop, seconds.
+    min_coverage
+        Fraction of a window each used channel must cover for the window to be scored.
+    lateness_s
+        How long a window waits for late channels before it is closed, seconds.
+    max_request_bytes
+        Largest accepted request body; larger uploads get HTTP 413.
+    max_batches_per_request
+        Largest number of ``SampleBatch``es in one ingest request.
+    host, port
+        Where ``wearemo serve`` listens.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="WEAREMO_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    data_dir: Path = Path("out/data")
+    store: Literal["sqlite"] = "sqlite"
+    sqlite_path: Path | None = None
+    model: str = "default"
+    window_s: float = Field(default=60.0, gt=0)
+    step_s: float = Field(default=5.0, gt=0)
+    min_coverage: float = Field(default=0.8, ge=0.0, le=1.0)
+    lateness_s: float = Field(default=30.0, ge=0)
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_batches_per_request: int = Field(default=1000, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _check_window(self) -> Settings:
+        if self.step_s > self.window_s:
+            raise ValueError(f"step_s ({self.step_s}) must not exceed window_s ({self.window_s})")
+        return self
+
+    def resolved_sqlite_path(self) -> Path:
+        """The SQLite file actually used: ``sqlite_path`` or ``data_dir / "wearemo.sqlite3"``."""
+        if self.sqlite_path is not None:
+            return self.sqlite_path
+        return self.data_dir / "wearemo.sqlite3"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process.
+
+    Example
+    -------
+    >>> get_settings().store
+    'sqlite'
+    """
+    return Settings()

@@ -1,0 +1,209 @@
+"""The :class:`StateStore` protocol every storage backend implements.
+
+A store keeps three kinds of record per subject: raw sample batches (with their batch ids, so
+idempotency survives restarts), feature windows and state estimates. Times are unix
+nanoseconds; windows and states are stamped at the window end and queried on it over the
+half-open range ``[start_ns, end_ns)``.
+
+Example
+-------
+>>> from wearemo.store import SQLiteStore
+>>> store = SQLiteStore(":memory:")
+>>> isinstance(store, StateStore), store.ping()
+(True, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from wearemo.features.window import FeatureWindow
+from wearemo.model.state import StateEstimate
+from wearemo.samples import Channel, SampleBatch
+
+__all__ = [
+    "BatchConflictError",
+    "ChannelSamples",
+    "StateStore",
+    "SubjectSummary",
+    "batch_digest",
+]
+
+
+class BatchConflictError(ValueError):
+    """A batch id was re-sent with different content (a client bug, never silently merged)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSamples:
+    """Raw samples of one channel of one subject, in time order.
+
+    Attributes
+    ----------
+    times_ns
+        ``int64`` unix-ns timestamps, shape ``(n,)``.
+    values
+        ``float64`` values, shape ``(n,)`` or ``(n, 3)`` for ``acc``.
+    """
+
+    times_ns: np.ndarray
+    values: np.ndarray
+
+
+class SubjectSummary(BaseModel):
+    """What a store holds for one subject.
+
+    Attributes
+    ----------
+    subject_id
+        The subject.
+    samples
+        Channel value -> samples stored (ACC triples count once).
+    batches
+        Distinct batches stored (all channels).
+    windows
+        Feature windows stored.
+    states
+        State label -> estimates stored; always has ``stress``, ``non_stress`` and ``withheld``.
+    first_sample_ns, last_sample_ns
+        Earliest / latest raw sample over all channels (``None`` when no samples).
+    last_state
+        The latest state estimate, if any.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    subject_id: str
+    samples: dict[str, int] = Field(default_factory=dict)
+    batches: int = 0
+    windows: int = 0
+    states: dict[str, int] = Field(
+        default_factory=lambda: {"stress": 0, "non_stress": 0, "withheld": 0}
+    )
+    first_sample_ns: int | None = None
+    last_sample_ns: int | None = None
+    last_state: StateEstimate | None = None
+
+
+def batch_digest(batch: SampleBatch) -> str:
+    """Content digest of a batch (device, channel, times and values), for re-send checks.
+
+    Example
+    -------
+    >>> b = SampleBatch(batch_id="b", subject_id="s", device_id="d", channel="eda",
+    ...                 start_ns=0, rate_hz=4.0, values=[1.0])
+    >>> batch_digest(b) == batch_digest(b.model_copy(update={"seq": 7}))
+    True
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{batch.device_id}|{batch.channel.value}|".encode())
+    h.update(batch.times_ns().tobytes())
+    h.update(np.ascontiguousarray(batch.values_array(), dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Storage of raw batches, feature windows and state estimates.
+
+    Implementations must be safe to call from several threads. Windows and states are keyed by
+    ``(subject_id, end time)``: storing one again replaces it (re-runs are idempotent).
+    """
+
+    def add_batch(self, batch: SampleBatch) -> bool:
+        """Store a batch's raw samples; ``False`` if its ``(subject_id, batch_id)`` is stored.
+
+        Raises :class:`BatchConflictError` if the id is stored with different content.
+        """
+        ...
+
+    def has_batch(self, subject_id: str, batch_id: str) -> bool:
+        """Whether the batch id of this subject is already stored."""
+        ...
+
+    def add_windows(self, windows: Sequence[FeatureWindow]) -> None:
+        """Store feature windows (replacing any with the same subject and end time)."""
+        ...
+
+    def add_states(self, states: Sequence[StateEstimate]) -> None:
+        """Store state estimates (replacing any with the same subject and window end)."""
+        ...
+
+    def latest_state(self, subject_id: str) -> StateEstimate | None:
+        """The state with the latest window end, or ``None``."""
+        ...
+
+    def states(
+        self,
+        subject_id: str,
+        *,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int = 1000,
+    ) -> list[StateEstimate]:
+        """States with ``start_ns <= window_end_ns < end_ns``, oldest first, at most ``limit``."""
+        ...
+
+    def windows(
+        self,
+        subject_id: str,
+        *,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int = 1000,
+    ) -> list[FeatureWindow]:
+        """Windows with ``start_ns <= end_ns_of_window < end_ns``, oldest first."""
+        ...
+
+    def batches(
+        self,
+        subject_id: str,
+        *,
+        channel: Channel | None = None,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int = 10_000,
+    ) -> list[SampleBatch]:
+        """Stored batches with samples in ``[start_ns, end_ns)``, as sent, by ``start_ns``."""
+        ...
+
+    def samples(
+        self,
+        subject_id: str,
+        channel: Channel,
+        *,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+    ) -> ChannelSamples:
+        """Raw samples of one channel with ``start_ns <= t < end_ns``, time-ordered."""
+        ...
+
+    def subject_ids(self) -> list[str]:
+        """All subjects with any stored batch, sorted."""
+        ...
+
+    def has_subject(self, subject_id: str) -> bool:
+        """Whether any batch of the subject is stored."""
+        ...
+
+    def subject_summary(self, subject_id: str) -> SubjectSummary | None:
+        """Counts for one subject, ``None`` when the subject is unknown."""
+        ...
+
+    def last_sample_ns(self, subject_id: str, channel: Channel) -> int | None:
+        """Time of the latest stored sample of a subject's channel, or ``None``."""
+        ...
+
+    def ping(self) -> bool:
+        """``True`` when the backend answers."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+        ...

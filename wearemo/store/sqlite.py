@@ -1,0 +1,596 @@
+"""Embedded SQLite store: the zero set-up default :class:`~wearemo.store.base.StateStore`.
+
+Layout (schema version 1):
+
+``batches``
+    One row per ``SampleBatch``: ids, channel, ``start_ns``/``end_ns``, ``rate_hz`` or an
+    ``int64`` timestamp blob, and the values as one little-endian ``float64`` blob. A row per
+    batch rather than per sample keeps ingest at one insert per upload (per-sample rows cost ~30x
+    the space and insert time at 64 Hz) while ``float64`` keeps values bit-exact. Unique on
+    ``(subject_id, batch_id)`` (the idempotency key); indexed on
+    ``(subject_id, channel, start_ns)`` for time-range reads.
+``channels``
+    Per ``(subject_id, channel)`` running counts and the last sample time, updated in the same
+    transaction as the batch insert, so ordering checks after a restart are O(1).
+``windows``
+    Feature windows, keyed on ``(subject_id, end_ns)``; the variable parts as JSON.
+``states``
+    State estimates with every field, keyed on ``(subject_id, window_end_ns)``.
+
+The database runs in WAL mode with ``synchronous=NORMAL`` (a commit survives a process crash;
+a power cut may lose the last transactions but never corrupts the file). One connection is
+shared by all threads behind a lock: SQLite serializes writers anyway, and reads are short.
+
+Example
+-------
+>>> store = SQLiteStore(":memory:")
+>>> b = SampleBatch(batch_id="b1", subject_id="s1", device_id="d1", channel="eda",
+...                 start_ns=0, rate_hz=4.0, values=[1.0, 1.5])
+>>> store.add_batch(b), store.add_batch(b), store.last_sample_ns("s1", Channel.EDA)
+(True, False, 250000000)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wearemo.features.window import FeatureWindow
+from wearemo.model.state import StateEstimate
+from wearemo.samples import CHANNEL_AXES, Channel, SampleBatch
+from wearemo.store.base import BatchConflictError, ChannelSamples, SubjectSummary, batch_digest
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    id          INTEGER PRIMARY KEY,
+    subject_id  TEXT    NOT NULL,
+    batch_id    TEXT    NOT NULL,
+    device_id   TEXT    NOT NULL,
+    channel     TEXT    NOT NULL,
+    start_ns    INTEGER NOT NULL,
+    end_ns      INTEGER NOT NULL,
+    n_samples   INTEGER NOT NULL,
+    rate_hz     REAL,
+    seq         INTEGER,
+    times       BLOB,
+    vals        BLOB    NOT NULL,
+    digest      TEXT    NOT NULL,
+    received_ns INTEGER NOT NULL,
+    UNIQUE (subject_id, batch_id)
+);
+CREATE INDEX IF NOT EXISTS batches_subject_time ON batches (subject_id, channel, start_ns);
+CREATE TABLE IF NOT EXISTS channels (
+    subject_id      TEXT    NOT NULL,
+    channel         TEXT    NOT NULL,
+    batches         INTEGER NOT NULL,
+    samples         INTEGER NOT NULL,
+    first_sample_ns INTEGER NOT NULL,
+    last_sample_ns  INTEGER NOT NULL,
+    PRIMARY KEY (subject_id, channel)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS windows (
+    subject_id TEXT    NOT NULL,
+    start_ns   INTEGER NOT NULL,
+    end_ns     INTEGER NOT NULL,
+    body       TEXT    NOT NULL,
+    PRIMARY KEY (subject_id, end_ns)
+);
+CREATE TABLE IF NOT EXISTS states (
+    subject_id      TEXT    NOT NULL,
+    window_start_ns INTEGER NOT NULL,
+    window_end_ns   INTEGER NOT NULL,
+    state           TEXT    NOT NULL,
+    p_stress        REAL,
+    reason          TEXT,
+    model_version   TEXT    NOT NULL,
+    channels_used   TEXT    NOT NULL,
+    top_features    TEXT    NOT NULL,
+    PRIMARY KEY (subject_id, window_end_ns)
+);
+"""
+
+_STATE_COLUMNS = (
+    "subject_id, window_start_ns, window_end_ns, state, p_stress, reason, model_version, "
+    "channels_used, top_features"
+)
+
+
+def _regular_times_ns(start_ns: int, rate_hz: float, n: int) -> np.ndarray:
+    # Must equal SampleBatch.times_ns() for rate-based batches (checked by a test).
+    return start_ns + np.round(np.arange(n) * (1e9 / rate_hz)).astype(np.int64)
+
+
+def _time_clause(column: str, start_ns: int | None, end_ns: int | None) -> tuple[str, list[int]]:
+    sql, args = "", []
+    if start_ns is not None:
+        sql += f" AND {column} >= ?"
+        args.append(int(start_ns))
+    if end_ns is not None:
+        sql += f" AND {column} < ?"
+        args.append(int(end_ns))
+    return sql, args
+
+
+class SQLiteStore:
+    """A :class:`~wearemo.store.base.StateStore` in one SQLite file.
+
+    Parameters
+    ----------
+    path
+        Database file (parent directories are created) or ``":memory:"``.
+    timeout_s
+        How long to wait for another process holding the write lock.
+
+    Example
+    -------
+    >>> SQLiteStore(":memory:").subject_ids()
+    []
+    """
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 30.0) -> None:
+        self.path = path if str(path) == ":memory:" else Path(path)
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        # autocommit mode; write methods open explicit transactions.
+        self._conn = sqlite3.connect(
+            str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            self._conn.close()
+            raise RuntimeError(
+                f"{path}: schema version {version} is newer than this wearemo ({SCHEMA_VERSION})"
+            )
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)  # IF NOT EXISTS: idempotent
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if self._conn.in_transaction:
+                self._conn.execute("COMMIT")
+
+    # -- raw batches -------------------------------------------------------------------------
+
+    def add_batch(self, batch: SampleBatch) -> bool:
+        """Store a batch; ``False`` if already stored, :class:`BatchConflictError` on id reuse.
+
+        Example
+        -------
+        >>> s = SQLiteStore(":memory:")
+        >>> s.add_batch(SampleBatch(batch_id="b", subject_id="s", device_id="d", channel="hr",
+        ...             start_ns=0, rate_hz=1.0, values=[60.0]))
+        True
+        """
+        digest = batch_digest(batch)
+        times = batch.times_ns()
+        end_ns = int(times[-1])
+        vals = np.ascontiguousarray(batch.values_array(), dtype="<f8").tobytes()
+        times_blob = None if batch.rate_hz is not None else times.astype("<i8").tobytes()
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT digest FROM batches WHERE subject_id = ? AND batch_id = ?",
+                (batch.subject_id, batch.batch_id),
+            ).fetchone()
+            if row is not None:
+                if row[0] != digest:
+                    raise BatchConflictError(
+                        f"batch_id {batch.batch_id!r} of subject {batch.subject_id!r} was already "
+                        "stored with different content"
+                    )
+                return False
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(
+                    "INSERT INTO batches (subject_id, batch_id, device_id, channel, start_ns, "
+                    "end_ns, n_samples, rate_hz, seq, times, vals, digest, received_ns) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        batch.subject_id,
+                        batch.batch_id,
+                        batch.device_id,
+                        batch.channel.value,
+                        batch.start_ns,
+                        end_ns,
+                        batch.n_samples,
+                        batch.rate_hz,
+                        batch.seq,
+                        times_blob,
+                        vals,
+                        digest,
+                        time.time_ns(),
+                    ),
+                )
+                self._conn.execute(
+                    "INSERT INTO channels VALUES (?, ?, 1, ?, ?, ?) "
+                    "ON CONFLICT (subject_id, channel) DO UPDATE SET "
+                    "batches = batches + 1, samples = samples + excluded.samples, "
+                    "first_sample_ns = MIN(first_sample_ns, excluded.first_sample_ns), "
+                    "last_sample_ns = MAX(last_sample_ns, excluded.last_sample_ns)",
+                    (
+                        batch.subject_id,
+                        batch.channel.value,
+                        batch.n_samples,
+                        batch.start_ns,
+                        end_ns,
+                    ),
+                )
+                self._conn.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                # another process stored the same id between our check and insert
+                self._conn.execute("ROLLBACK")
+                return False
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return True
+
+    def has_batch(self, subject_id: str, batch_id: str) -> bool:
+        """Whether ``(subject_id, batch_id)`` is stored."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM batches WHERE subject_id = ? AND batch_id = ?",
+                (subject_id, batch_id),
+            ).fetchone()
+        return row is not None
+
+    def batches(
+        self,
+        subject_id: str,
+        *,
+        channel: Channel | None = None,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int = 10_000,
+    ) -> list[SampleBatch]:
+        """Stored batches with samples in ``[start_ns, end_ns)``, as sent, by ``start_ns``.
+
+        Example
+        -------
+        >>> SQLiteStore(":memory:").batches("s1")
+        []
+        """
+        sql = (
+            "SELECT batch_id, device_id, channel, start_ns, rate_hz, seq, times, vals "
+            "FROM batches WHERE subject_id = ?"
+        )
+        args: list[object] = [subject_id]
+        if channel is not None:
+            sql += " AND channel = ?"
+            args.append(Channel(channel).value)
+        if start_ns is not None:
+            sql += " AND end_ns >= ?"
+            args.append(int(start_ns))
+        if end_ns is not None:
+            sql += " AND start_ns < ?"
+            args.append(int(end_ns))
+        with self._lock:
+            rows = self._conn.execute(
+                sql + " ORDER BY start_ns, id LIMIT ?", [*args, int(limit)]
+            ).fetchall()
+        out = []
+        for batch_id, device_id, ch, b_start, rate_hz, seq, times_blob, vals_blob in rows:
+            values = np.frombuffer(vals_blob, dtype="<f8")
+            if CHANNEL_AXES[Channel(ch)] == 3:
+                values = values.reshape(-1, 3)
+            out.append(
+                SampleBatch(
+                    batch_id=batch_id,
+                    subject_id=subject_id,
+                    device_id=device_id,
+                    channel=ch,
+                    start_ns=b_start,
+                    rate_hz=rate_hz,
+                    timestamps_ns=None
+                    if times_blob is None
+                    else np.frombuffer(times_blob, dtype="<i8").tolist(),
+                    values=values.tolist(),
+                    seq=seq,
+                )
+            )
+        return out
+
+    def samples(
+        self,
+        subject_id: str,
+        channel: Channel,
+        *,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+    ) -> ChannelSamples:
+        """Raw samples of one channel with ``start_ns <= t < end_ns``, time-ordered.
+
+        Example
+        -------
+        >>> SQLiteStore(":memory:").samples("s", Channel.PPG).times_ns.shape
+        (0,)
+        """
+        channel = Channel(channel)
+        sql = (
+            "SELECT start_ns, n_samples, rate_hz, times, vals FROM batches "
+            "WHERE subject_id = ? AND channel = ?"
+        )
+        args: list[object] = [subject_id, channel.value]
+        if start_ns is not None:
+            sql += " AND end_ns >= ?"
+            args.append(int(start_ns))
+        if end_ns is not None:
+            sql += " AND start_ns < ?"
+            args.append(int(end_ns))
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY start_ns", args).fetchall()
+        axes = CHANNEL_AXES[channel]
+        times_parts: list[np.ndarray] = []
+        value_parts: list[np.ndarray] = []
+        for b_start, n, rate_hz, times_blob, vals_blob in rows:
+            t = (
+                _regular_times_ns(b_start, rate_hz, n)
+                if times_blob is None
+                else np.frombuffer(times_blob, dtype="<i8").astype(np.int64)
+            )
+            v = np.frombuffer(vals_blob, dtype="<f8").astype(np.float64)
+            times_parts.append(t)
+            value_parts.append(v.reshape(-1, 3) if axes == 3 else v)
+        if not times_parts:
+            empty_shape: tuple[int, ...] = (0, 3) if axes == 3 else (0,)
+            return ChannelSamples(np.zeros(0, np.int64), np.zeros(empty_shape, np.float64))
+        times = np.concatenate(times_parts)
+        values = np.concatenate(value_parts)
+        keep = np.ones(times.shape, dtype=bool)
+        if start_ns is not None:
+            keep &= times >= start_ns
+        if end_ns is not None:
+            keep &= times < end_ns
+        order = np.argsort(times[keep], kind="stable")
+        return ChannelSamples(times[keep][order], values[keep][order])
+
+    def last_sample_ns(self, subject_id: str, channel: Channel) -> int | None:
+        """Latest stored sample time of a subject's channel, or ``None``."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT last_sample_ns FROM channels WHERE subject_id = ? AND channel = ?",
+                (subject_id, Channel(channel).value),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    # -- windows ----------------------------------------------------------------------------
+
+    def add_windows(self, windows: Sequence[FeatureWindow]) -> None:
+        """Store feature windows, replacing any with the same subject and end time."""
+        rows = [
+            (
+                w.subject_id,
+                w.start_ns,
+                w.end_ns,
+                json.dumps(
+                    {
+                        "features": w.features,
+                        "sample_counts": w.sample_counts,
+                        "coverage": w.coverage,
+                        "quality": w.quality,
+                        "motion": w.motion,
+                        "beat_source": w.beat_source,
+                        "n_beats": w.n_beats,
+                        "methods": w.methods,
+                    }
+                ),
+            )
+            for w in windows
+        ]
+        if rows:
+            self._write_many(
+                "INSERT OR REPLACE INTO windows (subject_id, start_ns, end_ns, body) "
+                "VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
+    def windows(
+        self,
+        subject_id: str,
+        *,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int = 1000,
+    ) -> list[FeatureWindow]:
+        """Windows with ``start_ns <= window end < end_ns``, oldest first, at most ``limit``."""
+        clause, args = _time_clause("end_ns", start_ns, end_ns)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT subject_id, start_ns, end_ns, body FROM windows WHERE subject_id = ?"
+                + clause
+                + " ORDER BY end_ns LIMIT ?",
+                [subject_id, *args, int(limit)],
+            ).fetchall()
+        out = []
+        for subject, w_start, w_end, body in rows:
+            d = json.loads(body)
+            out.append(
+                FeatureWindow(
+                    subject_id=subject,
+                    start_ns=w_start,
+                    end_ns=w_end,
+                    features={k: float(v) for k, v in d["features"].items()},
+                    sample_counts={k: int(v) for k, v in d["sample_counts"].items()},
+                    coverage={k: float(v) for k, v in d["coverage"].items()},
+                    quality={k: float(v) for k, v in d["quality"].items()},
+                    motion=bool(d["motion"]),
+                    beat_source=str(d["beat_source"]),
+                    n_beats=int(d["n_beats"]),
+                    methods={k: str(v) for k, v in d["methods"].items()},
+                )
+            )
+        return out
+
+    # -- states -----------------------------------------------------------------------------
+
+    def add_states(self, states: Sequence[StateEstimate]) -> None:
+        """Store state estimates, replacing any with the same subject and window end."""
+        rows = [
+            (
+                s.subject_id,
+                s.window_start_ns,
+                s.window_end_ns,
+                s.state,
+                s.p_stress,
+                s.reason,
+                s.model_version,
+                json.dumps(list(s.channels_used)),
+                json.dumps(s.top_features),
+            )
+            for s in states
+        ]
+        if rows:
+            self._write_many(
+                f"INSERT OR REPLACE INTO states ({_STATE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def latest_state(self, subject_id: str) -> StateEstimate | None:
+        """The state with the latest window end, or ``None``."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_STATE_COLUMNS} FROM states WHERE subject_id = ? "
+                "ORDER BY window_end_ns DESC LIMIT 1",
+                (subject_id,),
+            ).fetchone()
+        return None if row is None else _state_from_row(row)
+
+    def states(
+        self,
+        subject_id: str,
+        *,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int = 1000,
+    ) -> list[StateEstimate]:
+        """States with ``start_ns <= window_end_ns < end_ns``, oldest first, at most ``limit``."""
+        clause, args = _time_clause("window_end_ns", start_ns, end_ns)
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_STATE_COLUMNS} FROM states WHERE subject_id = ?"
+                + clause
+                + " ORDER BY window_end_ns LIMIT ?",
+                [subject_id, *args, int(limit)],
+            ).fetchall()
+        return [_state_from_row(r) for r in rows]
+
+    # -- subjects ---------------------------------------------------------------------------
+
+    def subject_ids(self) -> list[str]:
+        """All subjects with any stored batch, sorted."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT DISTINCT subject_id FROM channels ORDER BY subject_id"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def has_subject(self, subject_id: str) -> bool:
+        """Whether any batch of the subject is stored."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM channels WHERE subject_id = ? LIMIT 1", (subject_id,)
+            ).fetchone()
+        return row is not None
+
+    def subject_summary(self, subject_id: str) -> SubjectSummary | None:
+        """Counts for one subject, ``None`` when the subject has no stored batch."""
+        with self._lock:
+            channel_rows = self._conn.execute(
+                "SELECT channel, batches, samples, first_sample_ns, last_sample_ns "
+                "FROM channels WHERE subject_id = ? ORDER BY channel",
+                (subject_id,),
+            ).fetchall()
+            if not channel_rows:
+                return None
+            n_windows = self._conn.execute(
+                "SELECT COUNT(*) FROM windows WHERE subject_id = ?", (subject_id,)
+            ).fetchone()[0]
+            state_rows = self._conn.execute(
+                "SELECT state, COUNT(*) FROM states WHERE subject_id = ? GROUP BY state",
+                (subject_id,),
+            ).fetchall()
+            last = self.latest_state(subject_id)
+        states = {"stress": 0, "non_stress": 0, "withheld": 0}
+        states.update({label: int(n) for label, n in state_rows})
+        return SubjectSummary(
+            subject_id=subject_id,
+            samples={ch: int(n) for ch, _, n, _, _ in channel_rows},
+            batches=sum(int(b) for _, b, _, _, _ in channel_rows),
+            windows=int(n_windows),
+            states=states,
+            first_sample_ns=min(int(r[3]) for r in channel_rows),
+            last_sample_ns=max(int(r[4]) for r in channel_rows),
+            last_state=last,
+        )
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def journal_mode(self) -> str:
+        """The SQLite journal mode in effect (``"wal"`` for a file database)."""
+        with self._lock:
+            return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+    def ping(self) -> bool:
+        """``True`` when the database answers a query."""
+        try:
+            with self._lock:
+                self._conn.execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._conn.close()  # closing twice is harmless
+
+    def _write_many(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(sql, rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _state_from_row(row: tuple[Any, ...]) -> StateEstimate:
+    subject, w_start, w_end, state, p_stress, reason, version, channels, top = row
+    return StateEstimate(
+        subject_id=str(subject),
+        window_start_ns=int(w_start),
+        window_end_ns=int(w_end),
+        state=state,
+        p_stress=None if p_stress is None else float(p_stress),
+        reason=None if reason is None else str(reason),
+        model_version=str(version),
+        channels_used=json.loads(str(channels)),
+        top_features=json.loads(str(top)),
+    )
