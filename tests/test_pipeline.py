@@ -46,7 +46,7 @@ def sim_batches(
 
 @pytest.fixture(scope="module")
 def model() -> StressModel:
-    return load_model("/tmp/h5-model")  # TEMP until default lands
+    return load_model("default")
 
 
 @pytest.fixture(scope="module")

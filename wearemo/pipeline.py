@@ -32,7 +32,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+
+from threadpoolctl import ThreadpoolController
 
 from wearemo.features import FeatureWindow, SubjectStream, WindowConfig
 from wearemo.ingest import BatchResult, BatchStatus, IngestReport, OrderTracker
@@ -65,6 +68,11 @@ class Pipeline:
         The stress model; each subject gets ``model.for_subject(subject_id)``.
     config
         Window length, step, coverage and lateness of every subject's stream.
+    inner_threads
+        OpenMP/BLAS threads the feature and model code may use (``None``: library defaults).
+        Subjects already run in parallel, and a model scored one window at a time gains
+        nothing from a thread team: each gradient-boosting ``predict`` is a parallel region
+        whose barrier stalls when the CPU is shared with other busy processes.
 
     Example
     -------
@@ -74,11 +82,19 @@ class Pipeline:
     """
 
     def __init__(
-        self, store: StateStore, model: StressModel, *, config: WindowConfig | None = None
+        self,
+        store: StateStore,
+        model: StressModel,
+        *,
+        config: WindowConfig | None = None,
+        inner_threads: int | None = 1,
     ) -> None:
         self.store = store
         self.model = model
         self.config = config if config is not None else WindowConfig()
+        self.inner_threads = inner_threads
+        # Created after the model is loaded, so it sees the OpenMP runtime scikit-learn loaded.
+        self._threadpools = ThreadpoolController()
         self._order = OrderTracker(store.last_sample_ns)
         self._subjects: dict[str, _Subject] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -114,7 +130,7 @@ class Pipeline:
         """
         report = IngestReport()
         for batch in batches:
-            with self._lock_of(batch.subject_id):
+            with self._lock_of(batch.subject_id), self._inner_threads():
                 result = self._ingest_one(batch, report)
             report.results.append(result)
             if result.status == "rejected":
@@ -138,7 +154,7 @@ class Pipeline:
         with self._registry_lock:
             subjects = [subject_id] if subject_id is not None else list(self._subjects)
         for sid in subjects:
-            with self._lock_of(sid):
+            with self._lock_of(sid), self._inner_threads():
                 sub = self._subjects.get(sid)
                 if sub is not None:
                     self._emit(sub, sub.stream.flush(), report)
@@ -149,6 +165,12 @@ class Pipeline:
         return self._lock_of(subject_id)
 
     # -- internals --------------------------------------------------------------------------
+
+    def _inner_threads(self) -> AbstractContextManager[object]:
+        # omp_set_num_threads is per calling thread: other threads keep their own setting.
+        if self.inner_threads is None:
+            return nullcontext()
+        return self._threadpools.limit(limits=self.inner_threads)
 
     def _lock_of(self, subject_id: str) -> threading.Lock:
         with self._registry_lock:

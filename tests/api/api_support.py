@@ -19,7 +19,7 @@ from wearemo.settings import Settings
 T0 = 1_700_000_000_000_000_000  # on the 5-s step grid: windows end at T0 + 60 s, + 65 s, ...
 S = 1_000_000_000
 HR_BPM = 72.0
-MODEL = "/tmp/h5-model"  # TEMP until the default model lands
+MODEL = "default"  # the model shipped in the package
 
 
 def sim_batches(

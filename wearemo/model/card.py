@@ -53,7 +53,9 @@ def model_card(manifest: dict[str, Any]) -> str:
         "## Evaluation: leave-one-subject-out (LOSO)",
         f"Protocol: {loso.get('protocol', '?')}. Each subject is scored by a model trained without "
         "them; the classifier and its settings were fixed before evaluation (no selection on "
-        "test subjects).",
+        "test subjects). A window is called `stress` when p_stress reaches the stress "
+        f"prevalence of the training windows (shipped threshold "
+        f"{_fmt(manifest.get('gate', {}).get('stress_threshold'))}).",
         "",
         "| metric | pooled |",
         "| --- | --- |",
@@ -61,7 +63,9 @@ def model_card(manifest: dict[str, Any]) -> str:
         "",
         f"Per-subject balanced accuracy: mean "
         f"{_fmt(loso.get('per_subject_balanced_accuracy_mean'))} "
-        f"(SD {_fmt(loso.get('per_subject_balanced_accuracy_sd'))}); worst subject "
+        f"(SD {_fmt(loso.get('per_subject_balanced_accuracy_sd'))}, 95% bootstrap CI over "
+        f"subjects {[round(x, 3) for x in loso.get('per_subject_balanced_accuracy_ci95') or []]});"
+        f" worst subject "
         f"{loso.get('worst_subject')}.",
         "",
         "| subject | balanced accuracy |",

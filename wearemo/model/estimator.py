@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from wearemo.features.window import FeatureWindow
 from wearemo.model.baseline import RELATIVE_FEATURES, BaselineConfig, PersonalBaseline
@@ -51,6 +52,11 @@ DEFAULT_FEATURES: tuple[str, ...] = (
 )
 
 
+# One row at a time gains nothing from OpenMP threads, and on a busy machine the tree
+# ensemble's parallel regions made single-row predictions 100x slower (seen under test load).
+_THREADS = ThreadpoolController()
+
+
 class ProbabilisticClassifier(Protocol):
     """What the estimator needs of a fitted scikit-learn classifier."""
 
@@ -69,11 +75,16 @@ class GateConfig:
         Lowest PPG beat quality (0..1) accepted when beats come from PPG.
     min_beats
         Fewest beat intervals needed for HRV over the window.
+    stress_threshold
+        ``p_stress`` at or above which the state is ``stress``. Training sets it to the stress
+        prevalence of the training windows: with calibrated probabilities that is the cut that
+        weighs missed stress and false alarms equally (balanced accuracy), whatever the prior.
     """
 
     min_coverage: float = 0.8
     min_ppg_quality: float = 0.5
     min_beats: int = 20
+    stress_threshold: float = 0.5
 
 
 @dataclass(slots=True)
@@ -151,11 +162,12 @@ class SubjectEstimator:
                 channels_used=channels, state="withheld", reason=reason or "no model",
             )
         x = np.array([[inputs.get(n, math.nan) for n in self.feature_names]], dtype=float)
-        p = float(self.classifier.predict_proba(x)[0, 1])
+        with _THREADS.limit(limits=1, user_api="openmp"):
+            p = float(self.classifier.predict_proba(x)[0, 1])
         return StateEstimate(
             subject_id=self.subject_id, window_start_ns=window.start_ns,
             window_end_ns=window.end_ns, model_version=self.version, channels_used=channels,
-            state="stress" if p >= 0.5 else "non_stress",
+            state="stress" if p >= self.gate.stress_threshold else "non_stress",
             p_stress=min(max(p, 0.0), 1.0),
             top_features=top_deviations(inputs),
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 from sklearn.model_selection import GroupKFold
+from threadpoolctl import ThreadpoolController
 
 from wearemo.features.window import FeatureWindow
 from wearemo.model.artifact import StressModel
@@ -115,6 +116,16 @@ def _design(
     )
 
 
+def _trainable(x: np.ndarray) -> np.ndarray:
+    # scikit-learn 1.9's histogram binning fails on an all-NaN column (a channel missing from
+    # every training recording); such a column carries no information, so train on zeros.
+    empty = ~np.isfinite(x).any(axis=0)
+    if empty.any():
+        x = x.copy()
+        x[:, empty] = 0.0
+    return x
+
+
 def make_classifier(groups: np.ndarray, *, seed: int = 0) -> CalibratedClassifierCV:
     """The pre-registered classifier: gradient-boosted trees, sigmoid-calibrated across subjects.
 
@@ -146,8 +157,8 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10
     return float(ece)
 
 
-def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
-    pred = (p >= 0.5).astype(int)
+def _scores(y: np.ndarray, p: np.ndarray, threshold: np.ndarray | float) -> dict[str, float | None]:
+    pred = (p >= threshold).astype(int)
     both = len(np.unique(y)) == 2
     return {
         "n": len(y),
@@ -157,6 +168,16 @@ def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
         "auroc": float(roc_auc_score(y, p)) if both else None,
         "ece": expected_calibration_error(y, p) if len(y) else None,
     }
+
+
+def _bootstrap_ci(values: Sequence[float], *, n: int = 2000, seed: int = 0) -> list[float] | None:
+    """95% percentile bootstrap interval of the mean over subjects (subjects resampled)."""
+    if len(values) < 3:
+        return None
+    v = np.asarray(values, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(n, len(v)))
+    means = v[idx].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 @dataclass(slots=True)
@@ -173,8 +194,9 @@ class LosoReport:
         """JSON-ready summary (what goes into the manifest and the README)."""
         bal = [s["balanced_accuracy"] for s in self.per_subject.values()
                if s["balanced_accuracy"] is not None]
-        worst = min(self.per_subject.items(),
-                    key=lambda kv: kv[1]["balanced_accuracy"] or 1.0)[0] if bal else None
+        scored = {k: v["balanced_accuracy"] for k, v in self.per_subject.items()
+                  if v["balanced_accuracy"] is not None}
+        worst = min(scored, key=lambda k: scored[k]) if scored else None
         return {
             "protocol": "leave-one-subject-out; windows 60 s every 5 s; labels by majority",
             "pooled": self.pooled,
@@ -182,6 +204,7 @@ class LosoReport:
                 k: v["balanced_accuracy"] for k, v in self.per_subject.items()
             },
             "per_subject_balanced_accuracy_mean": float(np.mean(bal)) if bal else None,
+            "per_subject_balanced_accuracy_ci95": _bootstrap_ci(bal),
             "per_subject_balanced_accuracy_sd": (
                 float(np.std(bal, ddof=1)) if len(bal) > 1 else None
             ),
@@ -199,7 +222,11 @@ def loso_evaluate(
     seed: int = 0,
     n_jobs: int = 1,
 ) -> LosoReport:
-    """Score the pre-registered model leave-one-subject-out on ``data``."""
+    """Score the pre-registered model leave-one-subject-out on ``data``.
+
+    Each fold's state threshold is the stress prevalence of that fold's training windows, as
+    :func:`fit_model` sets it for a shipped model.
+    """
     from joblib import Parallel, delayed
 
     gate = gate or GateConfig()
@@ -207,28 +234,32 @@ def loso_evaluate(
     d = _design(data, feature_names=feature_names, gate=gate, baseline=baseline)
     subjects = sorted(set(d.groups.tolist()))
 
-    def fold(subject: str) -> tuple[str, np.ndarray]:
+    def fold(subject: str) -> tuple[str, np.ndarray, float]:
         tr = (d.groups != subject) & d.train
-        clf = make_classifier(d.groups[tr], seed=seed).fit(d.x[tr], d.y[tr])
-        te = d.groups == subject
-        return subject, clf.predict_proba(d.x[te])[:, 1]
+        # Parallel folds each get one OpenMP thread: oversubscribed tree fitting spins badly.
+        with ThreadpoolController().limit(limits=1 if n_jobs != 1 else None, user_api="openmp"):
+            clf = make_classifier(d.groups[tr], seed=seed).fit(_trainable(d.x[tr]), d.y[tr])
+            te = d.groups == subject
+            return subject, clf.predict_proba(d.x[te])[:, 1], float(d.y[tr].mean())
 
     results = Parallel(n_jobs=n_jobs)(delayed(fold)(s) for s in subjects)
     p_all = np.full(len(d.y), np.nan)
+    thr_all = np.full(len(d.y), np.nan)
     per_subject: dict[str, dict[str, float | None]] = {}
     predictions: dict[str, list[tuple[int, int, float, str]]] = {}
-    for subject, p in results:
+    for subject, p, threshold in results:
         te = d.groups == subject
         p_all[te] = p
-        per_subject[subject] = _scores(d.y[te], p)
+        thr_all[te] = threshold
+        per_subject[subject] = _scores(d.y[te], p, threshold)
         predictions[subject] = [
             (int(e), int(y), float(q), str(t))
             for e, y, q, t in zip(d.end_ns[te], d.y[te], p, d.tasks[te], strict=True)
         ]
-    pred = p_all >= 0.5
+    pred = p_all >= thr_all
     per_task = {t: float(pred[d.tasks == t].mean()) for t in sorted(set(d.tasks.tolist())) if t}
     return LosoReport(
-        pooled=_scores(d.y, p_all),
+        pooled=_scores(d.y, p_all, thr_all),
         per_subject=per_subject,
         per_task_stress_rate=per_task,
         withheld=d.withheld,
@@ -248,9 +279,11 @@ def fit_model(
     gate = gate or GateConfig()
     baseline = baseline or BaselineConfig()
     d = _design(data, feature_names=feature_names, gate=gate, baseline=baseline)
+    gate = replace(gate, stress_threshold=float(d.y[d.train].mean()))
     if len(np.unique(d.y[d.train])) < 2:
         raise ValueError("training data needs both stress and non_stress windows")
-    clf = make_classifier(d.groups[d.train], seed=seed).fit(d.x[d.train], d.y[d.train])
+    x_train = _trainable(d.x[d.train])
+    clf = make_classifier(d.groups[d.train], seed=seed).fit(x_train, d.y[d.train])
     manifest: dict[str, Any] = {
         "training_subjects": sorted(set(d.groups.tolist())),
         "training_windows": int(d.train.sum()),
