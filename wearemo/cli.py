@@ -76,7 +76,10 @@ def serve(
                 log_level="warning")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                      "help_option_names": []},
+)
 def bridge(ctx: typer.Context) -> None:
     """Run the BLE bridge (``python -m firmware_bridge run ...``; see ``--help`` there).
 
@@ -84,17 +87,15 @@ def bridge(ctx: typer.Context) -> None:
     API runs elsewhere, and ``wearemo`` itself never imports it.
     """
     args = list(ctx.args) or ["--help"]
-    if args[0] != "run" and not args[0].startswith("-"):
-        pass
-    elif args[0] != "run":
-        args = ["run", *args]
+    if args[0].startswith("-") and args[0] not in ("-h", "--help"):
+        args = ["run", *args]  # `wearemo bridge --virtual 2 ...` means `... run --virtual 2`
     raise typer.Exit(subprocess.call([sys.executable, "-m", "firmware_bridge", *args]))
 
 
 def _states_table(rows: dict[str, dict[str, Any]]) -> Table:
-    table = Table(title="wearemo live states")
-    for col in ("subject", "window end (UTC)", "label", "state", "p(stress)", "reason", "samples"):
-        table.add_column(col)
+    table = Table(title="wearemo live states (window end, UTC of the recording)")
+    for col in ("subject", "end", "label", "state", "p", "why withheld", "samples"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=38)
     for subject, r in sorted(rows.items()):
         state = r.get("state") or {}
         colour = {"stress": "red", "non_stress": "green"}.get(state.get("state", ""), "yellow")
@@ -106,7 +107,7 @@ def _states_table(rows: dict[str, dict[str, Any]]) -> Table:
             r.get("label") or "-",
             f"[{colour}]{state.get('state', 'waiting')}[/{colour}]",
             f"{p:.2f}" if p is not None else "-",
-            (state.get("reason") or "")[:40],
+            state.get("reason") or "",
             str(r.get("samples", 0)),
         )
     return table

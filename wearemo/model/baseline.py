@@ -62,10 +62,14 @@ class BaselineConfig:
         60-s windows, 240 s means the first 5 minutes of valid data.
     min_windows
         Fewest valid windows the baseline needs before it is used.
+    personal
+        False turns the baseline off (no warm-up; the model sees raw levels under their own
+        names): the ablation that shows what the personal baseline is worth.
     """
 
     warmup_s: float = 240.0
     min_windows: int = 12
+    personal: bool = True
 
 
 @dataclass(slots=True)
@@ -80,7 +84,7 @@ class PersonalBaseline:
     @property
     def ready(self) -> bool:
         """True once the warm-up is complete and deviations can be computed."""
-        return self._median is not None
+        return self._median is not None or not self.config.personal
 
     @property
     def n_windows(self) -> int:
@@ -119,7 +123,12 @@ class PersonalBaseline:
             self._rows.clear()
 
     def relative(self, features: Mapping[str, float]) -> dict[str, float]:
-        """Deviations ``rel_<feature>`` of one window from the baseline (NaN when unknown)."""
+        """Deviations ``rel_<feature>`` of one window from the baseline (NaN when unknown).
+
+        With ``personal=False`` the raw levels, under their own names.
+        """
+        if not self.config.personal:
+            return {name: float(features.get(name, math.nan)) for name in RELATIVE_FEATURES}
         if self._median is None:
             raise RuntimeError("personal baseline is still warming up")
         out: dict[str, float] = {}
