@@ -10,9 +10,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import neurokit2 as nk
 import numpy as np
 import pytest
+import simdata
+from simdata import T0, S
 
 from wearemo.features import WindowConfig
 from wearemo.model import StressModel, load_model
@@ -20,28 +21,11 @@ from wearemo.pipeline import Pipeline
 from wearemo.samples import Channel, SampleBatch
 from wearemo.store import SQLiteStore
 
-T0 = 1_700_000_000_000_000_000  # a multiple of the 5-s step: windows end at T0 + 60 s, +65 s...
-S = 1_000_000_000
 HR_BPM = 70.0
 
 
-def sim_batches(
-    subject: str, duration_s: int, *, chunk_s: int = 10, seed: int = 1
-) -> list[SampleBatch]:
-    """PPG (64 Hz) and EDA (4 Hz) in ``chunk_s`` batches, interleaved as a wearable sends them."""
-    ppg = nk.ppg_simulate(duration=duration_s, sampling_rate=64, heart_rate=HR_BPM,
-                          random_state=seed)
-    eda = nk.eda_simulate(duration=duration_s, sampling_rate=4, scr_number=6,
-                          random_state=seed) + 3.0
-    out = []
-    for k in range(duration_s // chunk_s):
-        for channel, rate, sig in (("ppg", 64, ppg), ("eda", 4, eda)):
-            n = rate * chunk_s
-            out.append(SampleBatch(
-                batch_id=f"{subject}:{channel}:{k}", subject_id=subject, device_id="dev1",
-                channel=channel, start_ns=T0 + k * chunk_s * S, rate_hz=float(rate),
-                values=sig[k * n:(k + 1) * n].tolist()))
-    return out
+def sim_batches(subject: str, duration_s: int, *, seed: int = 1) -> list[SampleBatch]:
+    return simdata.sim_batches(subject, duration_s, hr_bpm=HR_BPM, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from wearemo.datasets import Recording, find_recordings, load_recording
 from wearemo.features import (
@@ -224,7 +225,9 @@ def tracking_report(states: Sequence[dict[str, Any]], source: Path) -> dict[str,
     if not (source / "labels.csv").is_file():
         return None
     rec = load_recording(source, channels=[Channel.EDA])
-    y, p = [], []
+    y: list[int] = []
+    called: list[bool] = []
+    p: list[float] = []
     per_segment: dict[str, list[int]] = {}
     for s in states:
         if s["state"] == "withheld":
@@ -233,19 +236,23 @@ def tracking_report(states: Sequence[dict[str, Any]], source: Path) -> dict[str,
         if seg is None:
             continue
         y.append(1 if seg.label == "stress" else 0)
+        called.append(s["state"] == "stress")
         p.append(float(s["p_stress"]))
         key = f"{seg.start_ns // 10**9}:{seg.task}"
         per_segment.setdefault(key, []).append(1 if s["state"] == "stress" else 0)
     if not y:
         return {"windows_compared": 0}
-    ya, pa = np.array(y), np.array(p)
-    pred = pa >= 0.5
+    ya, pred, pa = np.array(y), np.array(called), np.array(p)
     tpr = float(pred[ya == 1].mean()) if (ya == 1).any() else None
     tnr = float((~pred[ya == 0]).mean()) if (ya == 0).any() else None
+    auroc = None
+    if tpr is not None and tnr is not None:
+        auroc = round(float(roc_auc_score(ya, pa)), 3)
     return {
         "windows_compared": len(y),
         "accuracy": float((pred == ya).mean()),
         "balanced_accuracy": (tpr + tnr) / 2 if tpr is not None and tnr is not None else None,
+        "auroc": auroc,
         "stress_rate_by_segment": {
             k: round(float(np.mean(v)), 3) for k, v in sorted(per_segment.items())
         },

@@ -9,15 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import neurokit2 as nk
+import simdata
 import uvicorn
 
 from wearemo.api import create_app
 from wearemo.samples import SampleBatch
 from wearemo.settings import Settings
 
-T0 = 1_700_000_000_000_000_000  # on the 5-s step grid: windows end at T0 + 60 s, + 65 s, ...
-S = 1_000_000_000
 HR_BPM = 72.0
 MODEL = "default"  # the model shipped in the package
 
@@ -25,20 +23,7 @@ MODEL = "default"  # the model shipped in the package
 def sim_batches(
     subject: str, duration_s: int, *, chunk_s: int = 10, seed: int = 3
 ) -> list[SampleBatch]:
-    """NeuroKit2 PPG (64 Hz, ``HR_BPM``) and EDA (4 Hz) in ``chunk_s`` batches, interleaved."""
-    ppg = nk.ppg_simulate(duration=duration_s, sampling_rate=64, heart_rate=HR_BPM,
-                          random_state=seed)
-    eda = nk.eda_simulate(duration=duration_s, sampling_rate=4, scr_number=6,
-                          random_state=seed) + 3.0
-    out = []
-    for k in range(duration_s // chunk_s):
-        for channel, rate, sig in (("ppg", 64, ppg), ("eda", 4, eda)):
-            n = rate * chunk_s
-            out.append(SampleBatch(
-                batch_id=f"{subject}:{channel}:{k}", subject_id=subject, device_id="dev1",
-                channel=channel, start_ns=T0 + k * chunk_s * S, rate_hz=float(rate),
-                values=sig[k * n:(k + 1) * n].tolist()))
-    return out
+    return simdata.sim_batches(subject, duration_s, hr_bpm=HR_BPM, chunk_s=chunk_s, seed=seed)
 
 
 def body(batches: list[SampleBatch]) -> dict[str, list[dict[str, object]]]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import HR_BPM, MODEL, T0, S, body, serve, settings_for, sim_batches
+from api_support import HR_BPM, MODEL, body, serve, settings_for, sim_batches
+from simdata import T0, S
 
 from wearemo.samples import SampleBatch
 
