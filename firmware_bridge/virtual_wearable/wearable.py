@@ -326,6 +326,20 @@ class VirtualWearable:
         if self._can_notify(chars[target]):
             await self._notify(chars[target], bytes(payload))
 
+    async def drop_link(self) -> bool:
+        """Drop the connection from the peripheral side, as when the wearer walks out of range
+        (fault injection). Returns False when no central was connected.
+
+        Example
+        -------
+        ``await vw.drop_link()``
+        """
+        connection = self._connection
+        if connection is None:
+            return False
+        await connection.disconnect()
+        return True
+
     # ------------------------------------------------------------------- clock
     def device_time_us(self) -> int:
         """Current device time, µs (RTC unix time or ticks since boot)."""

@@ -141,9 +141,7 @@ async def test_reconnects_after_link_loss_and_resumes_without_loss(rig) -> None:
     async def drop_link() -> None:
         await asyncio.sleep(0.6)
         for pause in (0.0, 0.3):  # the second drop hits right after the reconnect
-            connection = wearable._connection  # the peripheral drops the link (out of range)
-            assert connection is not None
-            await connection.disconnect()
+            assert await wearable.drop_link()  # the peripheral drops the link (out of range)
             await asyncio.sleep(0.05)
             await asyncio.wait_for(dl.connected.wait(), 10)
             await asyncio.sleep(pause)
@@ -181,11 +179,9 @@ async def test_malformed_notifications_are_counted_not_fatal(rig) -> None:
     dl = DeviceLink(_config(transport, "wearemo-vw-04"), spool)
 
     async def inject() -> None:
-        assert wearable.device is not None and wearable._connection is not None
-        conn = wearable._connection
         for junk in (b"\x01\x02", b"\x00" * 40):
-            await wearable.device.notify_subscriber(conn, wearable._data_char, junk)
-        await wearable.device.notify_subscriber(conn, wearable._hr_char, b"\x10\x48\x00")
+            await wearable.notify_raw("data", junk)
+        await wearable.notify_raw("hr", b"\x10\x48\x00")
 
     await _run_until_finished(dl, wearable, during=inject())
     await wearable.stop()
