@@ -11,60 +11,18 @@ Example
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, get_args
 
 import neurokit2 as nk
 import numpy as np
 
 from wearemo.signals._util import quiet
-from wearemo.signals.rr import RR_MAX_MS, RR_MIN_MS
+from wearemo.signals.beats import Beats, beat_quality, beats_correct
 
 __all__ = ["PPG_METHODS", "Beats", "ppg_beats"]
 
 PpgMethod = Literal["elgendi", "bishop"]
 PPG_METHODS: tuple[str, ...] = get_args(PpgMethod)
-
-# Intervals further than this from the window median count as implausible for quality.
-_MEDIAN_DEVIATION = 0.3
-
-
-@dataclass(frozen=True, slots=True)
-class Beats:
-    """Systolic peaks of a PPG segment and their intervals.
-
-    Attributes
-    ----------
-    peak_indices
-        Sample indices of the (corrected) systolic peaks into the input signal.
-    rr_ms
-        ``len(peak_indices) - 1`` intervals between corrected peaks, ms (by sample index and
-        ``rate_hz``; for timestamped input derive intervals from the peak times instead).
-    n_corrected
-        Peaks flagged and corrected by the Kubios (Lipponen–Tarvainen) method
-        (ectopic + missed + extra + long/short).
-    corrected_fraction
-        ``n_corrected / number of detected peaks`` (0 when none were detected).
-    quality
-        0..1: the fraction of the segment's duration spanned by plausible raw intervals
-        (300–2000 ms and within ±30 % of the segment's median interval), before correction.
-        Flat, clipped or noisy stretches lower it.
-    method
-        Peak detector used.
-    """
-
-    peak_indices: np.ndarray
-    rr_ms: np.ndarray
-    n_corrected: int
-    corrected_fraction: float
-    quality: float
-    method: str
-
-    @property
-    def n_beats(self) -> int:
-        """Number of peaks."""
-        return int(self.peak_indices.shape[0])
-
 
 def _empty(method: str) -> Beats:
     return Beats(np.zeros(0, dtype=np.int64), np.zeros(0), 0, 0.0, 0.0, method)
@@ -131,31 +89,10 @@ def ppg_beats(
             return _empty(method)
     if peaks.size < 2:
         return _empty(method)
-    raw_rr = np.diff(peaks) * (1000.0 / rate_hz)
-    med = float(np.median(raw_rr))
-    plausible = (
-        (raw_rr >= RR_MIN_MS)
-        & (raw_rr <= RR_MAX_MS)
-        & (np.abs(raw_rr - med) <= _MEDIAN_DEVIATION * med)
+    quality = beat_quality(peaks, x.size, rate_hz)
+    fixed, n_corrected = (
+        beats_correct(peaks, rate_hz=rate_hz, n_samples=x.size) if correct else (peaks, 0)
     )
-    duration_ms = x.size * 1000.0 / rate_hz
-    quality = float(min(1.0, raw_rr[plausible].sum() / duration_ms))
-    n_corrected = 0
-    fixed = peaks
-    # Kubios needs a few beats to estimate its thresholds.
-    if correct and peaks.size >= 8:
-        with quiet():
-            try:
-                info, fixed_peaks = nk.signal_fixpeaks(
-                    peaks, sampling_rate=rate_hz, method="Kubios", iterative=True, show=False
-                )
-                fixed = np.unique(np.asarray(fixed_peaks, dtype=np.int64))
-                n_corrected = sum(
-                    len(info[k]) for k in ("ectopic", "missed", "extra", "longshort")
-                )
-            except (ValueError, IndexError, TypeError, ZeroDivisionError):
-                fixed = peaks
-    fixed = fixed[(fixed >= 0) & (fixed < x.size)]
     rr = np.diff(fixed) * (1000.0 / rate_hz)
     return Beats(
         peak_indices=fixed,
