@@ -19,6 +19,7 @@ def _rr(seed: int, n: int = 80) -> np.ndarray:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore:DFA_alpha2:neurokit2.misc.NeuroKitWarning")
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_task_force_definitions_and_neurokit(seed: int) -> None:
     rr = _rr(seed)

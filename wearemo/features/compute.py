@@ -20,11 +20,17 @@ import neurokit2 as nk
 import numpy as np
 
 from wearemo.features.config import WindowConfig
-from wearemo.features.hrv import HRVTime, hrv_time_features
+from wearemo.features.hrv import (
+    HRVTime,
+    hrv_frequency_features,
+    hrv_nonlinear_features,
+    hrv_time_features,
+)
 from wearemo.features.window import FeatureWindow
 from wearemo.samples import Channel
 from wearemo.signals import (
     MOTION_THRESHOLD_G,
+    CleanRR,
     acc_motion,
     eda_decompose,
     linear_slope_per_min,
@@ -44,6 +50,15 @@ FEATURE_UNITS: dict[str, str] = {
     "hrv_pnn50_pct": "%",
     "hrv_sd1_ms": "ms",
     "hrv_sd2_ms": "ms",
+    "hrv_vlf_ms2": "ms²",
+    "hrv_lf_ms2": "ms²",
+    "hrv_hf_ms2": "ms²",
+    "hrv_tp_ms2": "ms²",
+    "hrv_lfhf_ratio": "1",
+    "hrv_lf_nu": "n.u.",
+    "hrv_hf_nu": "n.u.",
+    "hrv_sampen": "1",
+    "hrv_dfa_alpha1": "1",
     "hr_device_mean_bpm": "bpm",
     "eda_scl_mean_uS": "µS",
     "eda_scl_slope_uS_per_min": "µS/min",
@@ -108,6 +123,25 @@ def _put_hrv(features: dict[str, float], h: HRVTime) -> None:
     _put(features, "hrv_sd2_ms", h.sd2_ms)
 
 
+def _put_hrv_domains(
+    features: dict[str, float], methods: dict[str, str], clean: CleanRR, window_s: float
+) -> None:
+    """Frequency and nonlinear HRV; each absent value's reason goes into ``methods``."""
+    f = hrv_frequency_features(clean, window_s=window_s)
+    _put(features, "hrv_vlf_ms2", f.vlf_ms2)
+    _put(features, "hrv_lf_ms2", f.lf_ms2)
+    _put(features, "hrv_hf_ms2", f.hf_ms2)
+    _put(features, "hrv_tp_ms2", f.tp_ms2)
+    _put(features, "hrv_lfhf_ratio", f.lf_hf)
+    _put(features, "hrv_lf_nu", f.lf_nu)
+    _put(features, "hrv_hf_nu", f.hf_nu)
+    methods["hrv_frequency"] = "; ".join(("welch_hann cubic_4hz", *f.notes))
+    nl = hrv_nonlinear_features(clean)
+    _put(features, "hrv_sampen", nl.sampen)
+    _put(features, "hrv_dfa_alpha1", nl.dfa_alpha1)
+    methods["hrv_nonlinear"] = "; ".join(("sampen_m2_r0.2sd dfa_alpha1_4-16", *nl.notes))
+
+
 def window_features(
     subject_id: str,
     start_ns: int,
@@ -163,6 +197,7 @@ def window_features(
         if math.isfinite(h.meannn_ms):
             beat_source, n_beats = "rr", clean.n_intervals
             _put_hrv(features, h)
+            _put_hrv_domains(features, methods, clean, length_ns / 1e9)
     ppg_sl = slices.get(Channel.PPG)
     if beat_source == "none" and ppg_sl is not None and ppg_sl.n_samples >= 2:
         ppg_rate = ppg_sl.rate_hz or 1e9 / float(np.median(np.diff(ppg_sl.times_ns)))
@@ -178,6 +213,7 @@ def window_features(
             if math.isfinite(h.meannn_ms):
                 beat_source, n_beats = "ppg", clean.n_intervals
                 _put_hrv(features, h)
+                _put_hrv_domains(features, methods, clean, length_ns / 1e9)
     methods["beats"] = beat_source
 
     hr_sl = slices.get(Channel.HR)
