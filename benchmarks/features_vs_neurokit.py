@@ -48,9 +48,9 @@ from pathlib import Path
 import neurokit2 as nk
 import numpy as np
 
-from wearemo.datasets import ChannelData, Recording, load_recording
+from wearemo.datasets import Recording, load_recording
 from wearemo.features import WindowConfig, featurize_recording, hrv_time_features
-from wearemo.samples import Channel
+from wearemo.samples import Channel, ChannelSamples
 from wearemo.signals import rr_clean
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stress-predict"
@@ -89,7 +89,7 @@ def _simulated(minutes: float, seed: int) -> Recording:
     chans = {}
     for ch, x, hz in ((Channel.PPG, ppg, PPG_HZ), (Channel.EDA, eda, EDA_HZ)):
         t = t0 + np.round(np.arange(x.size) * (1e9 / hz)).astype(np.int64)
-        chans[ch] = ChannelData(t, np.asarray(x, dtype=np.float64), hz)
+        chans[ch] = ChannelSamples(t, np.asarray(x, dtype=np.float64), hz)
     return Recording("simulated", Path("."), chans)
 
 

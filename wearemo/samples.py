@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Self
 
@@ -28,6 +29,7 @@ __all__ = [
     "ID_PATTERN",
     "MAX_BATCH_SAMPLES",
     "Channel",
+    "ChannelSamples",
     "SampleBatch",
 ]
 
@@ -175,3 +177,32 @@ class SampleBatch(BaseModel):
         """Values as ``float64``: shape ``(n,)``, or ``(n, 3)`` for ``acc``."""
         arr = np.asarray(self.values, dtype=np.float64)
         return arr.reshape(-1, 3) if CHANNEL_AXES[self.channel] == 3 else arr.reshape(-1)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSamples:
+    """A run of one channel's samples as arrays: what a recording, a window or a store holds.
+
+    Attributes
+    ----------
+    times_ns
+        Strictly increasing unix-ns sample times, ``int64``, shape ``(n,)``.
+    values
+        ``float64`` values in the channel's canonical unit: shape ``(n,)``, ``(n, 3)`` for acc.
+    rate_hz
+        Nominal sampling rate of a regular channel; None for event channels (rr) or unknown.
+
+    Example
+    -------
+    >>> ChannelSamples(np.array([0, 250_000_000]), np.array([1.0, 1.1]), 4.0).n_samples
+    2
+    """
+
+    times_ns: np.ndarray
+    values: np.ndarray
+    rate_hz: float | None = None
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples."""
+        return int(self.times_ns.shape[0])

@@ -21,14 +21,13 @@ import pytest
 
 from wearemo.features import (
     FREQ_BANDS_HZ,
-    ChannelSlice,
     hrv_dfa_alpha1,
     hrv_frequency_features,
     hrv_nonlinear_features,
     hrv_sampen,
     window_features,
 )
-from wearemo.samples import Channel
+from wearemo.samples import Channel, ChannelSamples
 from wearemo.signals import CleanRR, rr_clean
 
 REL = 1e-6
@@ -211,9 +210,9 @@ def test_300s_window_lf_hf_but_no_vlf() -> None:
     assert any(n.startswith("VLF omitted: lowest resolved frequency") for n in f.notes)
 
 
-def _rr_window(c: CleanRR, window_s: float) -> tuple[int, dict[Channel, ChannelSlice]]:
+def _rr_window(c: CleanRR, window_s: float) -> tuple[int, dict[Channel, ChannelSamples]]:
     end = int(window_s * 1e9) + 1
-    return end, {Channel.RR: ChannelSlice(c.times_ns, c.rr_ms, None)}
+    return end, {Channel.RR: ChannelSamples(c.times_ns, c.rr_ms, None)}
 
 
 def test_window_features_60s_and_300s() -> None:

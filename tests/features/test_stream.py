@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wearemo.datasets import ChannelData, Recording, load_recording
+from wearemo.datasets import Recording, load_recording
 from wearemo.features import (
     FEATURE_NAMES,
     SubjectStream,
@@ -19,7 +19,7 @@ from wearemo.features import (
     featurize_recording,
     windows_to_frame,
 )
-from wearemo.samples import Channel, SampleBatch
+from wearemo.samples import Channel, ChannelSamples, SampleBatch
 
 EXCERPT = (Path(__file__).resolve().parents[2] / "firmware_bridge" / "virtual_wearable" / "data"
            / "stress-predict-S02-excerpt")
@@ -31,9 +31,9 @@ def _batch(ch: Channel, start_ns: int, rate: float, values: list, i: int = 0) ->
                        channel=ch, start_ns=start_ns, rate_hz=rate, values=values)
 
 
-def _regular(ch: Channel, start_ns: int, rate: float, values: np.ndarray) -> ChannelData:
+def _regular(ch: Channel, start_ns: int, rate: float, values: np.ndarray) -> ChannelSamples:
     n = values.shape[0]
-    return ChannelData(start_ns + np.round(np.arange(n) * 1e9 / rate).astype(np.int64),
+    return ChannelSamples(start_ns + np.round(np.arange(n) * 1e9 / rate).astype(np.int64),
                        values, rate)
 
 
@@ -118,7 +118,7 @@ def test_device_rr_preferred_when_covering() -> None:
     rec = _simulated_recording(2, 70)
     t0 = rec.start_ns
     rr = np.full(180, 600.0)
-    rec.channels[Channel.RR] = ChannelData(t0 + (np.cumsum(rr) * 1e6).astype(np.int64), rr, None)
+    rec.channels[Channel.RR] = ChannelSamples(t0 + (np.cumsum(rr) * 1e6).astype(np.int64), rr, None)
     ws = featurize_recording(rec, config=WindowConfig(step_s=30))
     assert ws and all(w.beat_source == "rr" for w in ws)
     assert ws[0].features["hr_mean_bpm"] == pytest.approx(100.0)

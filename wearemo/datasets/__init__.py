@@ -2,7 +2,6 @@
 
 from wearemo.datasets.e4 import (
     E4_FILES,
-    ChannelData,
     LabelSegment,
     Recording,
     find_recordings,
@@ -11,7 +10,6 @@ from wearemo.datasets.e4 import (
 
 __all__ = [
     "E4_FILES",
-    "ChannelData",
     "LabelSegment",
     "Recording",
     "find_recordings",

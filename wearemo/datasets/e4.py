@@ -30,11 +30,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wearemo.samples import CHANNEL_AXES, ID_PATTERN, MAX_BATCH_SAMPLES, Channel, SampleBatch
+from wearemo.samples import (
+    CHANNEL_AXES,
+    ID_PATTERN,
+    MAX_BATCH_SAMPLES,
+    Channel,
+    ChannelSamples,
+    SampleBatch,
+)
 
 __all__ = [
     "E4_FILES",
-    "ChannelData",
     "LabelSegment",
     "Recording",
     "find_recordings",
@@ -58,29 +64,6 @@ _SCALE: dict[Channel, float] = {Channel.ACC: 1.0 / 64.0, Channel.RR: 1000.0}
 _ORDER = {c: i for i, c in enumerate(Channel)}
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelData:
-    """One whole channel of a recording.
-
-    Attributes
-    ----------
-    times_ns
-        Strictly increasing unix-ns sample times, ``int64``.
-    values
-        ``float64`` values in the channel's canonical unit: shape ``(n,)``, ``(n, 3)`` for acc.
-    rate_hz
-        Sampling rate of a regular channel; None for event channels (rr).
-    """
-
-    times_ns: np.ndarray
-    values: np.ndarray
-    rate_hz: float | None
-
-    @property
-    def n_samples(self) -> int:
-        """Number of samples."""
-        return int(self.times_ns.shape[0])
-
 
 @dataclass(frozen=True, slots=True)
 class LabelSegment:
@@ -96,7 +79,7 @@ class LabelSegment:
 class Recording:
     """One subject's recording: whole channels plus label segments.
 
-    Channels are kept as arrays (:class:`ChannelData`), not as one ``SampleBatch`` per channel,
+    Channels are kept as arrays (:class:`ChannelSamples`), not as one ``SampleBatch`` per channel,
     because a whole channel may exceed ``MAX_BATCH_SAMPLES``; :meth:`iter_batches` cuts them into
     time-ordered batches for the streaming path.
 
@@ -107,7 +90,7 @@ class Recording:
     path
         The recording folder.
     channels
-        Channel -> :class:`ChannelData`, one entry per channel present.
+        Channel -> :class:`ChannelSamples`, one entry per channel present.
     labels
         Label segments sorted by start (empty when there is no ``labels.csv``).
     device_id
@@ -116,7 +99,7 @@ class Recording:
 
     subject_id: str
     path: Path
-    channels: dict[Channel, ChannelData]
+    channels: dict[Channel, ChannelSamples]
     labels: list[LabelSegment] = field(default_factory=list)
     device_id: str = "e4"
 
@@ -176,11 +159,11 @@ class Recording:
         ...                      "stress-predict-S02-excerpt")                # doctest: +SKIP
         >>> short = rec.between(rec.start_ns, rec.start_ns + 120 * 10**9)   # doctest: +SKIP
         """
-        channels: dict[Channel, ChannelData] = {}
+        channels: dict[Channel, ChannelSamples] = {}
         for ch, data in self.channels.items():
             i0, i1 = np.searchsorted(data.times_ns, [start_ns, end_ns], side="left")
             if i1 > i0:
-                channels[ch] = ChannelData(
+                channels[ch] = ChannelSamples(
                     data.times_ns[i0:i1].copy(), data.values[i0:i1].copy(), data.rate_hz
                 )
         return Recording(self.subject_id, self.path, channels, list(self.labels), self.device_id)
@@ -299,7 +282,7 @@ def _start_ns(seconds: float) -> int:
     return round(seconds * 1e6) * 1000
 
 
-def _read_regular(path: Path, ch: Channel) -> ChannelData:
+def _read_regular(path: Path, ch: Channel) -> ChannelSamples:
     ncols = CHANNEL_AXES[ch]
     head = _header(path, 2)
     if len(head) < 2:
@@ -313,10 +296,10 @@ def _read_regular(path: Path, ch: Channel) -> ChannelData:
     arr = _read_table(path, skiprows=2, ncols=ncols) * _SCALE.get(ch, 1.0)
     values = arr if ncols == 3 else arr[:, 0]
     offsets = np.round(np.arange(values.shape[0]) * (1e9 / rate)).astype(np.int64)
-    return ChannelData(_start_ns(start) + offsets, np.ascontiguousarray(values), rate)
+    return ChannelSamples(_start_ns(start) + offsets, np.ascontiguousarray(values), rate)
 
 
-def _read_ibi(path: Path) -> ChannelData:
+def _read_ibi(path: Path) -> ChannelSamples:
     head = _header(path, 1)
     if not head:
         raise ValueError(f"{path.name}: empty file (needs a 'start, IBI' row)")
@@ -335,7 +318,7 @@ def _read_ibi(path: Path) -> ChannelData:
             f"{path.name} row {i + 2}: beat time {t_rel[i]} s does not increase "
             f"(previous {t_rel[i - 1]} s)"
         )
-    return ChannelData(times, ibi_s * _SCALE[Channel.RR], None)
+    return ChannelSamples(times, ibi_s * _SCALE[Channel.RR], None)
 
 
 def _read_labels(path: Path) -> list[LabelSegment]:
@@ -405,7 +388,7 @@ def load_recording(
     if not re.match(ID_PATTERN, sid):
         raise ValueError(f"subject_id {sid!r} is not a valid id (letters, digits, '._:-')")
     wanted = set(Channel) if channels is None else {Channel(c) for c in channels}
-    data: dict[Channel, ChannelData] = {}
+    data: dict[Channel, ChannelSamples] = {}
     for ch, stem in E4_FILES.items():
         if ch not in wanted:
             continue

@@ -1,7 +1,7 @@
 """Feature windows: the scheduler (:class:`SubjectStream`) and feature sets, batch == stream."""
 
 from wearemo.features.batch import featurize_recording, windows_to_frame
-from wearemo.features.compute import FEATURE_NAMES, FEATURE_UNITS, ChannelSlice, window_features
+from wearemo.features.compute import FEATURE_NAMES, FEATURE_UNITS, window_features
 from wearemo.features.config import WindowConfig, first_window_end
 from wearemo.features.hrv import (
     DFA_MIN_INTERVALS,
@@ -29,7 +29,6 @@ __all__ = [
     "FREQ_MIN_WINDOW_S",
     "MIN_INTERVALS",
     "SAMPEN_MIN_INTERVALS",
-    "ChannelSlice",
     "FeatureWindow",
     "HRVFrequency",
     "HRVNonlinear",

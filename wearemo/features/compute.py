@@ -5,7 +5,7 @@ Example
 >>> import numpy as np
 >>> t = np.arange(240) * 250_000_000
 >>> w = window_features("s1", 0, 60 * 10**9,
-...                     {Channel.TEMP: ChannelSlice(t, np.full(240, 33.5), 4.0)})
+...                     {Channel.TEMP: ChannelSamples(t, np.full(240, 33.5), 4.0)})
 >>> w.features["temp_mean_degC"], w.coverage["temp"]
 (33.5, 1.0)
 """
@@ -13,7 +13,6 @@ Example
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Final
 
 import neurokit2 as nk
@@ -27,7 +26,7 @@ from wearemo.features.hrv import (
     hrv_time_features,
 )
 from wearemo.features.window import FeatureWindow
-from wearemo.samples import Channel
+from wearemo.samples import Channel, ChannelSamples
 from wearemo.signals import (
     MOTION_THRESHOLD_G,
     CleanRR,
@@ -39,7 +38,7 @@ from wearemo.signals import (
     temp_level,
 )
 
-__all__ = ["FEATURE_NAMES", "FEATURE_UNITS", "ChannelSlice", "window_features"]
+__all__ = ["FEATURE_NAMES", "FEATURE_UNITS", "window_features"]
 
 #: Every feature a window may carry, with its unit (the order of ``windows_to_frame`` columns).
 FEATURE_UNITS: dict[str, str] = {
@@ -77,21 +76,8 @@ _NK_VERSION = str(nk.__version__)
 _PPG_METHOD: Final = "elgendi"
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelSlice:
-    """A channel's samples inside one window: unix-ns times, values, nominal rate (or None)."""
 
-    times_ns: np.ndarray
-    values: np.ndarray
-    rate_hz: float | None
-
-    @property
-    def n_samples(self) -> int:
-        """Number of samples."""
-        return int(self.times_ns.shape[0])
-
-
-def _coverage(ch: Channel, sl: ChannelSlice, length_ns: int) -> float:
+def _coverage(ch: Channel, sl: ChannelSamples, length_ns: int) -> float:
     """Fraction of the window the channel covers (rr: summed intervals over the window)."""
     n = sl.n_samples
     if n == 0:
@@ -146,7 +132,7 @@ def window_features(
     subject_id: str,
     start_ns: int,
     end_ns: int,
-    slices: dict[Channel, ChannelSlice],
+    slices: dict[Channel, ChannelSamples],
     *,
     config: WindowConfig | None = None,
 ) -> FeatureWindow:

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wearemo.features.compute import ChannelSlice, window_features
+from wearemo.features.compute import window_features
 from wearemo.features.config import WindowConfig, first_window_end
 from wearemo.features.window import FeatureWindow
-from wearemo.samples import Channel, SampleBatch
+from wearemo.samples import Channel, ChannelSamples, SampleBatch
 
 __all__ = ["SubjectStream"]
 
@@ -162,13 +162,13 @@ class SubjectStream:
             if end is None or not self._ready(end, newest, final):
                 break
             start = end - length
-            slices: dict[Channel, ChannelSlice] = {}
+            slices: dict[Channel, ChannelSamples] = {}
             for ch, buf in self._buffers.items():
                 i0, i1 = np.searchsorted(buf.times_ns, [start, end], side="left")
-                slices[ch] = ChannelSlice(buf.times_ns[i0:i1], buf.values[i0:i1], buf.rate_hz)
+                slices[ch] = ChannelSamples(buf.times_ns[i0:i1], buf.values[i0:i1], buf.rate_hz)
             for ch in self.expected_channels or ():
                 if ch not in slices:
-                    slices[ch] = ChannelSlice(np.zeros(0, np.int64), np.zeros(0), None)
+                    slices[ch] = ChannelSamples(np.zeros(0, np.int64), np.zeros(0), None)
             out.append(window_features(self.subject_id, start, end, slices, config=self.config))
             self._next_end_ns = end + self.config.step_ns
             self._trim()

@@ -10,7 +10,6 @@ True
 from wearemo.settings import Settings
 from wearemo.store.base import (
     BatchConflictError,
-    ChannelSamples,
     StateStore,
     SubjectSummary,
     batch_digest,
@@ -19,7 +18,6 @@ from wearemo.store.sqlite import SQLiteStore
 
 __all__ = [
     "BatchConflictError",
-    "ChannelSamples",
     "SQLiteStore",
     "StateStore",
     "SubjectSummary",

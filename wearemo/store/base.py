@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -25,11 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wearemo.features.window import FeatureWindow
 from wearemo.model.state import StateEstimate
-from wearemo.samples import Channel, SampleBatch
+from wearemo.samples import Channel, ChannelSamples, SampleBatch
 
 __all__ = [
     "BatchConflictError",
-    "ChannelSamples",
     "StateStore",
     "SubjectSummary",
     "batch_digest",
@@ -39,21 +37,6 @@ __all__ = [
 class BatchConflictError(ValueError):
     """A batch id was re-sent with different content (a client bug, never silently merged)."""
 
-
-@dataclass(frozen=True, slots=True)
-class ChannelSamples:
-    """Raw samples of one channel of one subject, in time order.
-
-    Attributes
-    ----------
-    times_ns
-        ``int64`` unix-ns timestamps, shape ``(n,)``.
-    values
-        ``float64`` values, shape ``(n,)`` or ``(n, 3)`` for ``acc``.
-    """
-
-    times_ns: np.ndarray
-    values: np.ndarray
 
 
 class SubjectSummary(BaseModel):

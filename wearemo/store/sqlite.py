@@ -44,8 +44,8 @@ import numpy as np
 
 from wearemo.features.window import FeatureWindow
 from wearemo.model.state import StateEstimate
-from wearemo.samples import CHANNEL_AXES, Channel, SampleBatch
-from wearemo.store.base import BatchConflictError, ChannelSamples, SubjectSummary, batch_digest
+from wearemo.samples import CHANNEL_AXES, Channel, ChannelSamples, SampleBatch
+from wearemo.store.base import BatchConflictError, SubjectSummary, batch_digest
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
