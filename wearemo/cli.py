@@ -34,6 +34,8 @@ from wearemo.batch import (
     predict_rows,
     tracking_report,
 )
+from wearemo.datasets import Recording, load_recording
+from wearemo.samples import Channel
 
 __all__ = ["app"]
 
@@ -179,25 +181,17 @@ def demo(
         console.print(f"summary written to {summary}")
 
 
-def _labels_of(src: str) -> list[tuple[float, float, str, str]]:
-    path = Path(src) / "labels.csv"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines()[1:]:
-        a, b, label, task = line.split(",")
-        out.append((float(a), float(b), label, task))
-    return out
+def _labels_of(src: str) -> Recording | None:
+    """The replayed recording's labels (None for a simulation or an unlabelled folder)."""
+    folder = Path(src)
+    if not (folder / "labels.csv").is_file():
+        return None
+    return load_recording(folder, channels=[Channel.EDA])
 
 
-def _label_at(labels: list[tuple[float, float, str, str]], t_s: float) -> str | None:
-    for a, b, label, task in labels:
-        if a <= t_s < b:
-            return f"{label} ({task})"
-    return None
-
-
-def _poll(client: httpx.Client, rows: dict[str, dict[str, Any]], labels: list[Any]) -> None:
+def _poll(
+    client: httpx.Client, rows: dict[str, dict[str, Any]], labels: Recording | None
+) -> None:
     resp = client.get("/v1/subjects")
     if resp.status_code != 200:
         return
@@ -208,8 +202,11 @@ def _poll(client: httpx.Client, rows: dict[str, dict[str, Any]], labels: list[An
             row["samples"] = sum(s.json().get("samples", {}).values())
         st = client.get(f"/v1/subjects/{subject}/state")
         if st.status_code == 200:
-            row["state"] = st.json()
-            row["label"] = _label_at(labels, st.json()["window_end_ns"] / 1e9 - 30.0)
+            state = row["state"] = st.json()
+            seg = None
+            if labels is not None:
+                seg = labels.window_label(state["window_start_ns"], state["window_end_ns"])
+            row["label"] = f"{seg.label} ({seg.task})" if seg else None
 
 
 def _summarise(client: httpx.Client, report: dict[str, Any], src: str) -> dict[str, Any]:
