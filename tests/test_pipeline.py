@@ -52,10 +52,11 @@ def test_stream_to_states(tmp_path: Path, model: StressModel, batches: list[Samp
         report = Pipeline(store, model, config=WindowConfig()).ingest(batches)
         assert report.rejected is None
         assert report.stored == len(batches) == 72 and report.duplicates == 0
-        # windows end every 5 s from T0+60 s to the last end all channels passed (T0+355 s)
-        assert report.windows == report.states == 60
+        # windows end every 5 s from T0+60 s to the last end the beat and EDA trackers have
+        # committed (10-s blocks, each once 5 s past it are in: T0+350 s of T0+360 s)
+        assert report.windows == report.states == 59
         windows = store.windows("s1")
-        assert [w.end_ns for w in windows] == [T0 + e * S for e in range(60, 360, 5)]
+        assert [w.end_ns for w in windows] == [T0 + e * S for e in range(60, 355, 5)]
         hr = np.array([w.features["hr_mean_bpm"] for w in windows])
         assert np.all(np.abs(hr - HR_BPM) < 2.0), hr  # simulated 70 bpm recovered within 2 bpm
         states = store.states("s1")
@@ -68,7 +69,7 @@ def test_stream_to_states(tmp_path: Path, model: StressModel, batches: list[Samp
         assert store.latest_state("s1") == states[-1]
         summary = store.subject_summary("s1")
         assert summary.samples == {"ppg": 36 * 640, "eda": 36 * 40}
-        assert summary.windows == 60 and sum(summary.states.values()) == 60
+        assert summary.windows == 59 and sum(summary.states.values()) == 59
 
 
 def test_duplicates_are_stored_once(tmp_path: Path, model: StressModel,
@@ -176,7 +177,7 @@ def test_concurrent_requests(tmp_path: Path, model: StressModel) -> None:
         assert sum(r.stored for r in reports) == sum(len(b) for b in subjects.values())
         for sid in subjects:
             assert store.subject_summary(sid).samples == {"ppg": 12 * 640, "eda": 12 * 40}
-            assert len(store.windows(sid)) == 12  # ends 60..115 s
+            assert len(store.windows(sid)) == 11  # ends 60..110 s (trackers through 110 s)
 
 
 def test_flush_closes_pending_windows(tmp_path: Path, model: StressModel,

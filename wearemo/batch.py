@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,14 @@ DEFAULT_EXCERPT = (
 TRAIN_MIN_FRACTION = 0.8
 
 
-def _featurize_one(args: tuple[Path, float, float]) -> pd.DataFrame:
+def _featurize_one(
+    args: tuple[Path, float, float], on_progress: Callable[[float], None] | None = None
+) -> pd.DataFrame:
     path, window_s, step_s = args
     rec = load_recording(path)
     frame = windows_to_frame(
-        featurize_recording(rec, config=WindowConfig(length_s=window_s, step_s=step_s))
+        featurize_recording(rec, config=WindowConfig(length_s=window_s, step_s=step_s),
+                            on_progress=on_progress)
     )
     return _add_labels(frame, rec)
 
@@ -82,9 +85,18 @@ def _add_labels(frame: pd.DataFrame, rec: Recording) -> pd.DataFrame:
 
 
 def featurize_dirs(
-    root: Path, *, window_s: float = 60.0, step_s: float = 5.0, jobs: int = 2
+    root: Path,
+    *,
+    window_s: float = 60.0,
+    step_s: float = 5.0,
+    jobs: int = 2,
+    on_progress: Callable[[str, float], None] | None = None,
 ) -> pd.DataFrame:
     """Featurise every recording under ``root`` (one row per window, with labels if present).
+
+    ``on_progress(recording_name, fraction)`` is called as recordings advance: continuously
+    within each recording when they run in this process, once per finished recording when
+    they run in a pool (``jobs > 1`` and several recordings).
 
     Example
     -------
@@ -95,9 +107,17 @@ def featurize_dirs(
     args = [(p, window_s, step_s) for p in paths]
     if jobs > 1 and len(paths) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            frames = list(pool.map(_featurize_one, args))
+            futures = {pool.submit(_featurize_one, a): a[0].name for a in args}
+            for fut in as_completed(futures):
+                if on_progress is not None:
+                    on_progress(futures[fut], 1.0)
+            frames = [f.result() for f in futures]
     else:
-        frames = [_featurize_one(a) for a in args]
+        frames = []
+        for a in args:
+            name = a[0].name
+            cb = None if on_progress is None else (lambda x, n=name: on_progress(n, x))
+            frames.append(_featurize_one(a, cb))
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

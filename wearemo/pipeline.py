@@ -9,9 +9,10 @@ rebuilt from the store, so nothing the service said before is lost or contradict
 * the personal baseline is re-learned by replaying the stored windows, in order, through
   ``SubjectEstimator.assess`` (the baseline only learns during warm-up, so the replay stops as
   soon as it is ready);
-* the stream is re-filled with the stored batches of the last ``length + lateness + step``
-  seconds; windows it re-emits that are already stored are dropped, and windows that were never
-  stored (e.g. the process died between storing a batch and its windows) are produced now.
+* the stream is re-filled with the stored batches of the last ``SubjectStream.history_s``
+  seconds (open windows, lateness, and the beat/EDA trackers' latency and context); windows
+  it re-emits that are already stored are dropped, and windows that were never stored (e.g.
+  the process died between storing a batch and its windows) are produced now.
 
 All methods are blocking (NumPy/NeuroKit2 work, SQLite I/O): the API calls them from a thread
 pool. Calls for the same subject are serialized by a per-subject lock; different subjects run
@@ -262,7 +263,7 @@ class Pipeline:
                 break
             start = page[-1].end_ns + 1
         # 2. Stream: refill with the recent raw samples.
-        span_ns = int((self.config.length_s + self.config.lateness_s + self.config.step_s) * _NS)
+        span_ns = int(stream.history_s * _NS)
         replay_from = max(lasts.values()) - span_ns
         stored_ends = [
             w.end_ns

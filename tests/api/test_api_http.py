@@ -42,17 +42,19 @@ def test_sim_ingest_produces_windows_and_states(client: httpx.Client) -> None:
         assert [x["status"] for x in got["results"]] == ["stored"] * 12
         for k in totals:
             totals[k] += got[k]
-    assert totals == {"stored": 72, "duplicates": 0, "windows": 60, "states": 60}
+    # 6 min of data: windows end every 5 s from 60 s; the one ending at 355 s waits for the
+    # beat and EDA trackers, which commit 10-s blocks once 5 s past a block are in (to 350 s).
+    assert totals == {"stored": 72, "duplicates": 0, "windows": 59, "states": 59}
 
     assert "sim1" in client.get("/v1/subjects").json()
     summary = client.get("/v1/subjects/sim1").json()
     assert summary["samples"] == {"ppg": 36 * 640, "eda": 36 * 40}
-    assert summary["batches"] == 72 and summary["windows"] == 60
-    assert sum(summary["states"].values()) == 60
+    assert summary["batches"] == 72 and summary["windows"] == 59
+    assert sum(summary["states"].values()) == 59
     assert summary["first_sample_ns"] == T0
 
     history = client.get("/v1/subjects/sim1/states", params={"limit": 100_000}).json()
-    assert [s["window_end_ns"] for s in history] == [T0 + e * S for e in range(60, 360, 5)]
+    assert [s["window_end_ns"] for s in history] == [T0 + e * S for e in range(60, 355, 5)]
     latest = client.get("/v1/subjects/sim1/state").json()
     assert latest == history[-1] == summary["last_state"]
     assert latest["state"] in ("stress", "non_stress") and 0 <= latest["p_stress"] <= 1
@@ -66,7 +68,7 @@ def test_sim_ingest_produces_windows_and_states(client: httpx.Client) -> None:
     assert [s["window_end_ns"] for s in r.json()] == [T0 + e * S for e in (100, 105, 110, 115)]
     iso = datetime.fromtimestamp(t(340), tz=UTC).isoformat()
     r = client.get("/v1/subjects/sim1/states", params={"start": iso})
-    assert [s["window_end_ns"] for s in r.json()] == [T0 + e * S for e in (340, 345, 350, 355)]
+    assert [s["window_end_ns"] for s in r.json()] == [T0 + e * S for e in (340, 345, 350)]
     # pagination
     r = client.get("/v1/subjects/sim1/states", params={"limit": 7})
     assert len(r.json()) == 7
@@ -83,7 +85,7 @@ def test_feature_values_match_ground_truth(tmp_path: Path) -> None:
         assert post(c, sim_batches("gt", 120)).status_code == 200
     with SQLiteStore(settings.resolved_sqlite_path()) as store:
         hrs = [w.features["hr_mean_bpm"] for w in store.windows("gt")]
-    assert len(hrs) == 12 and all(abs(h - HR_BPM) < 2.0 for h in hrs), hrs
+    assert len(hrs) == 11 and all(abs(h - HR_BPM) < 2.0 for h in hrs), hrs  # ends 60..110 s
 
 
 def test_retry_is_idempotent(client: httpx.Client) -> None:
@@ -91,12 +93,12 @@ def test_retry_is_idempotent(client: httpx.Client) -> None:
     first = post(client, batches)
     again = post(client, batches)
     assert first.status_code == again.status_code == 200
-    assert first.json()["stored"] == 16 and first.json()["windows"] == 4  # ends 60..75 s
+    assert first.json()["stored"] == 16 and first.json()["windows"] == 3  # ends 60..70 s
     assert again.json() == {
         "stored": 0, "duplicates": 16, "windows": 0, "states": 0,
         "results": [{"batch_id": b.batch_id, "status": "duplicate"} for b in batches]}
     summary = client.get("/v1/subjects/retry1").json()
-    assert summary["samples"] == {"ppg": 8 * 640, "eda": 8 * 40} and summary["windows"] == 4
+    assert summary["samples"] == {"ppg": 8 * 640, "eda": 8 * 40} and summary["windows"] == 3
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
@@ -247,7 +249,7 @@ def test_restart_keeps_states_and_idempotency(tmp_path: Path) -> None:
     with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as c:
         assert post(c, batches[:20]).json()["stored"] == 20
         states_before = c.get("/v1/subjects/rs1/states").json()
-        assert len(states_before) == 8  # ends 60..95 s
+        assert len(states_before) == 7  # ends 60..90 s (trackers through 90 s of 100 s)
     with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as c:
         assert c.get("/v1/subjects").json() == ["rs1"]
         assert c.get("/v1/subjects/rs1/states").json() == states_before
@@ -258,7 +260,7 @@ def test_restart_keeps_states_and_idempotency(tmp_path: Path) -> None:
         rest = post(c, batches[20:]).json()
         assert rest["stored"] == len(batches) - 20
         ends = [s["window_end_ns"] for s in c.get("/v1/subjects/rs1/states").json()]
-        assert ends == [T0 + e * S for e in range(60, 180, 5)]  # no gap, no duplicate
+        assert ends == [T0 + e * S for e in range(60, 175, 5)]  # no gap, no duplicate
 
 
 def test_uvicorn_factory_cli(tmp_path: Path) -> None:

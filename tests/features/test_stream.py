@@ -66,8 +66,12 @@ def test_waits_for_expected_channel_then_lateness() -> None:
     assert out[0].coverage["eda"] == 0.0 and "eda_scl_mean_uS" not in out[0].features
     assert "temp_mean_degC" in out[0].features
     out = s.push(_batch(Channel.EDA, t0 + 14 * S, 4.0, [1.0] * 4 * 21))  # EDA 14..34.75 s
-    assert [w.end_ns - t0 for w in out] == [15 * S, 20 * S, 25 * S, 30 * S]
+    # EDA is decomposed in 10-s epoch blocks once 5 s past a block are in: committed through
+    # 20 s (the block 20-30 s waits for 35 s), so the windows ending at 25 and 30 s wait too.
+    assert [w.end_ns - t0 for w in out] == [15 * S, 20 * S]
     assert out[0].coverage["eda"] == pytest.approx(0.1)
+    out += s.flush()
+    assert [w.end_ns - t0 for w in out] == [15 * S, 20 * S, 25 * S, 30 * S]
     assert out[-1].coverage["eda"] == 1.0
 
 

@@ -82,9 +82,14 @@ def test_estimator_withholds_during_warm_up_then_estimates(cohort: list[Labelled
     ("change", "reason"),
     [
         ({"motion": True}, "motion"),
-        ({"coverage": {"ppg": 1.0, "eda": 0.2}}, "missing channels: eda"),
-        ({"beat_source": "none", "n_beats": 0}, "missing channels: beats"),
-        ({"quality": {"ppg": 0.2}}, "poor signal quality (ppg 0.20 < 0.50)"),
+        ({"coverage": {"ppg": 1.0, "eda": 0.2}, "beat_source": "none", "n_beats": 0},
+         "missing channels: beats, eda"),
+        ({"coverage": {"ppg": 1.0, "eda": 0.2}, "quality": {"ppg": 0.2}},
+         "poor signal quality (ppg 0.20 < 0.50); missing channels: eda"),
+        # one good channel is enough: not withheld for the other (it goes on to the warm-up)
+        ({"coverage": {"ppg": 1.0, "eda": 0.2}}, "warm-up: personal baseline 0/240 s"),
+        ({"beat_source": "none", "n_beats": 0}, "warm-up: personal baseline 0/240 s"),
+        ({"quality": {"ppg": 0.2}}, "warm-up: personal baseline 0/240 s"),
     ],
 )
 def test_gating_reasons(change: dict[str, object], reason: str) -> None:
@@ -93,6 +98,21 @@ def test_gating_reasons(change: dict[str, object], reason: str) -> None:
     fields = {f: getattr(w, f) for f in w.__slots__} | change  # type: ignore[attr-defined]
     state = est.update(FeatureWindow(**fields))  # type: ignore[arg-type]
     assert state.state == "withheld" and state.reason == reason and state.p_stress is None
+
+
+def test_one_good_channel_is_estimated_without_the_other(cohort: list[LabelledWindows]) -> None:
+    model = fit_model(cohort, baseline=BaselineConfig(warmup_s=120, min_windows=10))
+    est = model.for_subject("new")
+    for w in cohort[0].windows[:13]:
+        est.update(w)
+    w = cohort[0].windows[13]
+    poor = FeatureWindow(**({f: getattr(w, f) for f in w.__slots__}  # type: ignore[attr-defined]
+                            | {"quality": {"ppg": 0.1}}))
+    inputs, reason = est.assess(poor)
+    assert reason is None and inputs is not None
+    # the poor PPG's HRV is not used: its inputs are missing, the EDA ones are not
+    assert all(math.isnan(v) for k, v in inputs.items() if "hrv" in k or "hr_mean" in k)
+    assert any(math.isfinite(v) for k, v in inputs.items() if "eda" in k)
 
 
 def test_loso_separates_synthetic_stress_and_never_trains_on_the_test_subject(

@@ -10,7 +10,7 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -28,7 +28,11 @@ __all__ = ["featurize_recording", "windows_to_frame"]
 
 
 def featurize_recording(
-    rec: Recording, *, config: WindowConfig | None = None, chunk_s: float = 5.0
+    rec: Recording,
+    *,
+    config: WindowConfig | None = None,
+    chunk_s: float = 5.0,
+    on_progress: Callable[[float], None] | None = None,
 ) -> list[FeatureWindow]:
     """Featurise a recording by streaming it in time-ordered chunks through ``SubjectStream``.
 
@@ -44,6 +48,9 @@ def featurize_recording(
         Window parameters (default ``WindowConfig()``).
     chunk_s
         Batch length fed to the stream, s.
+    on_progress
+        Called with the fraction of the recording's span streamed so far (0..1), after each
+        batch and once with 1.0 at the end (e.g. to drive a progress bar).
 
     Returns
     -------
@@ -62,21 +69,27 @@ def featurize_recording(
     stream = SubjectStream(rec.subject_id, config=cfg,
                            expected_channels=frozenset(rec.channels))
     out: list[FeatureWindow] = []
+    span = max(rec.end_ns - rec.start_ns, 1)
     for batch in rec.iter_batches(chunk_s=chunk_s):
         out.extend(stream.push(batch))
+        if on_progress is not None:
+            on_progress(min(1.0, (batch.start_ns - rec.start_ns) / span))
     out.extend(stream.flush())
+    if on_progress is not None:
+        on_progress(1.0)
     return out
 
 
 def windows_to_frame(windows: Iterable[FeatureWindow]) -> pd.DataFrame:
     """One row per window: ``subject``, ``window_start``/``window_end`` (unix s), every
     feature (NaN when absent), ``coverage_*``, ``samples_*``, ``quality_*``, ``motion``,
-    ``beat_source``, ``n_beats``.
+    ``beat_source``, ``n_beats`` and ``reasons`` (why features are absent, ``group: reason``
+    joined by `` | ``; empty when none is).
 
     Example
     -------
     >>> windows_to_frame([FeatureWindow("s1", 0, 60 * 10**9, {"hr_mean_bpm": 70.0})]).shape
-    (1, 45)
+    (1, 46)
     """
     rows = []
     quality_keys: list[str] = []
@@ -102,5 +115,6 @@ def windows_to_frame(windows: Iterable[FeatureWindow]) -> pd.DataFrame:
         row["motion"] = w.motion
         row["beat_source"] = w.beat_source
         row["n_beats"] = w.n_beats
+        row["reasons"] = " | ".join(f"{k}: {v}" for k, v in w.reasons.items())
         rows.append(row)
     return pd.DataFrame(rows)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from wearemo.signals.quality import PPG_SQI_MIN
+
 __all__ = ["WindowConfig", "first_window_end"]
 
 
@@ -31,13 +33,18 @@ class WindowConfig:
         should withhold; windows below it are still emitted.
     lateness_s
         How long to wait for a lagging channel: a window is emitted once any channel's newest
-        sample is more than this past its end.
+        usable data is more than this past its end.
+    ppg_sqi_min
+        PPG beats whose template correlation is below this are not used for HRV (intervals
+        touching them are dropped, not interpolated); 0 uses every beat. Default
+        :data:`~wearemo.signals.quality.PPG_SQI_MIN`.
     """
 
     length_s: float = 60.0
     step_s: float = 5.0
     min_coverage: float = 0.8
     lateness_s: float = 30.0
+    ppg_sqi_min: float = PPG_SQI_MIN
 
     def __post_init__(self) -> None:
         for name in ("length_s", "step_s"):

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wearemo.features.compute import window_features
+from wearemo.features.compute import HRVMemo, window_features
 from wearemo.features.config import WindowConfig, first_window_end
 from wearemo.features.window import FeatureWindow
 from wearemo.samples import Channel, ChannelSamples, SampleBatch
+from wearemo.signals.tracks import EDATrack, PPGTrack
 
 __all__ = ["SubjectStream"]
 
@@ -78,6 +79,10 @@ class SubjectStream:
         self._buffers: dict[Channel, _Buffer] = {}
         self._first_ns: int | None = None
         self._next_end_ns: int | None = None  # set once the first window is emitted
+        # Beats and EDA components are detected once per stream, then read by every window.
+        self._ppg = PPGTrack()
+        self._eda = EDATrack()
+        self._memo = HRVMemo()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -112,6 +117,10 @@ class SubjectStream:
         if batch.rate_hz is not None:
             buf.rate_hz = batch.rate_hz
         buf.last_ns = int(times[-1])
+        if ch is Channel.PPG:
+            self._ppg.push(times, values, rate_hz=batch.rate_hz)
+        elif ch is Channel.EDA:
+            self._eda.push(times, values, rate_hz=batch.rate_hz)
         if self._next_end_ns is None:
             # Until the first window is out, the subject's start may still move earlier (another
             # channel's first batch); keep everything until then.
@@ -128,7 +137,23 @@ class SubjectStream:
 
     def flush(self) -> list[FeatureWindow]:
         """Emit every remaining window that ends at or before the newest sample received."""
+        self._ppg.flush()
+        self._eda.flush()
         return self._emit(final=True)
+
+    @property
+    def history_s(self) -> float:
+        """Seconds of raw data before the newest sample that rebuild this stream's state.
+
+        A restarted service re-pushes this much stored data: the open windows, the lateness,
+        and the tracks' block latency and context.
+        """
+        cfg = self.config
+        tracks = max(
+            self._ppg.latency_s + (self._ppg.left_ns + self._ppg.context_ns) / 1e9,
+            self._eda.latency_s + self._eda.left_ns / 1e9,
+        )
+        return cfg.length_s + cfg.lateness_s + cfg.step_s + tracks
 
     @property
     def next_window_end_ns(self) -> int | None:
@@ -141,21 +166,30 @@ class SubjectStream:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _available_ns(self, ch: Channel) -> int:
+        """How far the channel's data is usable: its tracker's commit point, else its newest
+        sample (a window ``[., T)`` can be computed once this is at or after ``T``)."""
+        buf = self._buffers[ch]
+        track = self._ppg if ch is Channel.PPG else self._eda if ch is Channel.EDA else None
+        if track is not None and track.through_ns is not None:
+            return min(buf.last_ns, track.through_ns)
+        return buf.last_ns
+
     def _ready(self, end_ns: int, newest_ns: int, final: bool) -> bool:
         required = self.expected_channels
         if required is None:
             required = frozenset(self._buffers)
-        if all(c in self._buffers and self._buffers[c].last_ns >= end_ns for c in required):
+        if all(c in self._buffers and self._available_ns(c) >= end_ns for c in required):
             return True
         if newest_ns - end_ns > self.config.lateness_ns:
             return True
-        return final and end_ns <= newest_ns
+        return final and end_ns <= max(b.last_ns for b in self._buffers.values())
 
     def _emit(self, *, final: bool) -> list[FeatureWindow]:
         out: list[FeatureWindow] = []
         if not self._buffers:
             return out
-        newest = max(b.last_ns for b in self._buffers.values())
+        newest = max(self._available_ns(c) for c in self._buffers)
         length = self.config.length_ns
         while True:
             end = self.next_window_end_ns
@@ -169,7 +203,13 @@ class SubjectStream:
             for ch in self.expected_channels or ():
                 if ch not in slices:
                     slices[ch] = ChannelSamples(np.zeros(0, np.int64), np.zeros(0), None)
-            out.append(window_features(self.subject_id, start, end, slices, config=self.config))
+            out.append(window_features(
+                self.subject_id, start, end, slices, config=self.config,
+                beats=(self._ppg.window(start, end, sqi_min=self.config.ppg_sqi_min)
+                       if Channel.PPG in slices else None),
+                eda=self._eda.window(start, end) if Channel.EDA in slices else None,
+                memo=self._memo,
+            ))
             self._next_end_ns = end + self.config.step_ns
             self._trim()
         return out
@@ -182,3 +222,5 @@ class SubjectStream:
             if i:
                 buf.times_ns = buf.times_ns[i:]
                 buf.values = buf.values[i:]
+        self._ppg.trim(keep_from)
+        self._eda.trim(keep_from)

@@ -46,6 +46,9 @@ class FeatureWindow:
         Beat intervals used for HRV.
     methods
         Stage -> method name (e.g. ``"ppg_peaks": "elgendi"``) and ``"neurokit2"`` -> version.
+    reasons
+        Feature group (``"hrv"``, ``"eda"``, ``"eda_scr"``, ``"temp"``, ``"acc"``) -> why its
+        features are absent (e.g. ``"ppg: no beats found (flat, invalid or too short)"``).
     """
 
     subject_id: str
@@ -59,6 +62,7 @@ class FeatureWindow:
     beat_source: str = "none"
     n_beats: int = 0
     methods: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
 
     def feature(self, name: str) -> float:
         """Value of ``name``, NaN when it was not computed."""

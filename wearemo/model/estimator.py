@@ -5,8 +5,10 @@ order, into :class:`~wearemo.model.state.StateEstimate`s. The same object serves
 pipeline and batch prediction/training (through :meth:`SubjectEstimator.assess`), so a recording
 replayed live and processed from disk gets the same states.
 
-Withholding comes first: a window with too little data, motion, poor PPG quality or falling in the
-warm-up of the personal baseline is ``withheld`` with a reason, never guessed.
+Withholding comes first: a window with neither usable beats (enough of them, PPG quality) nor
+EDA, with motion, or falling in the warm-up of the personal baseline is ``withheld`` with a reason,
+never guessed. A window with only one of the two is estimated from it, the other's features
+taken as missing.
 
 Example
 -------
@@ -112,23 +114,37 @@ class SubjectEstimator:
         """Build an estimator with a fresh personal baseline of the given configuration."""
         return cls(subject_id, classifier, feature_names, version, gate, PersonalBaseline(baseline))
 
-    def _withhold_reason(self, w: FeatureWindow) -> str | None:
+    def _beats_problem(self, w: FeatureWindow) -> str | None:
+        """Why the window's HRV cannot be used (None when it can)."""
         g = self.gate
-        missing = []
         beats_cov = max(w.coverage.get("rr", 0.0) if w.beat_source == "rr" else 0.0,
                         w.coverage.get("ppg", 0.0) if w.beat_source == "ppg" else 0.0)
         if w.beat_source == "none" or beats_cov < g.min_coverage or w.n_beats < g.min_beats:
-            missing.append("beats")
-        if w.coverage.get("eda", 0.0) < g.min_coverage:
-            missing.append("eda")
-        if missing:
-            return "missing channels: " + ", ".join(missing)
-        if w.motion:
-            return "motion"
+            return "beats"
         quality = w.quality.get("ppg", math.nan)
         if w.beat_source == "ppg" and not (quality >= g.min_ppg_quality):
             return f"poor signal quality (ppg {quality:.2f} < {g.min_ppg_quality:.2f})"
         return None
+
+    def _usable(self, w: FeatureWindow) -> tuple[dict[str, float] | None, str | None]:
+        """The window's usable features, or the reason it is withheld.
+
+        HRV and EDA each count only when their channel is good enough; a window with one of
+        them is estimated from it (the trees take the other as missing, as chest straps
+        without EDA need), a window with neither is withheld.
+        """
+        beats = self._beats_problem(w)
+        eda_ok = w.coverage.get("eda", 0.0) >= self.gate.min_coverage
+        if beats is not None and not eda_ok:
+            if beats == "beats":
+                return None, "missing channels: beats, eda"
+            return None, f"{beats}; missing channels: eda"
+        if w.motion:
+            return None, "motion"
+        drop = ("hr_mean_bpm", "hrv_") if beats is not None else ("eda_",) if not eda_ok else ()
+        if not drop:
+            return w.features, None
+        return {k: v for k, v in w.features.items() if not k.startswith(drop)}, None
 
     def assess(self, window: FeatureWindow) -> tuple[dict[str, float] | None, str | None]:
         """Gate one window and express it against the baseline.
@@ -137,18 +153,18 @@ class SubjectEstimator:
         ``(None, reason)``. Updates the personal baseline during warm-up, so call it once per
         window, in time order.
         """
-        reason = self._withhold_reason(window)
-        if reason is not None:
+        features, reason = self._usable(window)
+        if features is None:
             return None, reason
         if not self.baseline.ready:
-            self.baseline.observe(window.end_ns, window.features)
+            self.baseline.observe(window.end_ns, features)
             if not self.baseline.ready:
                 done = self.baseline.progress_s(window.end_ns)
                 total = self.baseline.config.warmup_s
                 return None, f"warm-up: personal baseline {done:.0f}/{total:.0f} s"
-        inputs = self.baseline.relative(window.features)
+        inputs = self.baseline.relative(features)
         for name in ABSOLUTE_FEATURES:
-            inputs[name] = window.feature(name)
+            inputs[name] = features.get(name, math.nan)
         return inputs, None
 
     def update(self, window: FeatureWindow) -> StateEstimate:

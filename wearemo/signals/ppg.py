@@ -11,15 +11,16 @@ Example
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import neurokit2 as nk
 import numpy as np
 
 from wearemo.signals._util import quiet
-from wearemo.signals.beats import Beats, beat_quality, beats_correct
+from wearemo.signals.beats import Beats, beat_quality, beats_correct, peaks_refine
 
-__all__ = ["PPG_FIDUCIALS", "PPG_METHODS", "Beats", "ppg_beats"]
+__all__ = ["PPG_FIDUCIALS", "PPG_METHODS", "Beats", "PPGFiducials", "ppg_beats", "ppg_fiducials"]
 
 PpgMethod = Literal["elgendi", "bishop"]
 PPG_METHODS: tuple[str, ...] = get_args(PpgMethod)
@@ -27,7 +28,69 @@ PpgFiducial = Literal["foot", "peak"]
 PPG_FIDUCIALS: tuple[str, ...] = get_args(PpgFiducial)
 
 def _empty(method: str) -> Beats:
-    return Beats(np.zeros(0, dtype=np.int64), np.zeros(0), 0, 0.0, 0.0, method)
+    return Beats(np.zeros(0, dtype=np.int64), np.zeros(0), 0, 0.0, 0.0, method, np.zeros(0))
+
+
+@dataclass(frozen=True, slots=True)
+class PPGFiducials:
+    """Fiducial points of one contiguous PPG run, before any correction.
+
+    Attributes
+    ----------
+    clean
+        The cleaned signal (``nk.ppg_clean``, Elgendi band-pass 0.5–8 Hz), same length as the
+        input; empty when nothing could be detected.
+    positions
+        Fractional sample positions of the fiducials (parabolic sub-sample refinement),
+        increasing.
+    """
+
+    clean: np.ndarray
+    positions: np.ndarray
+
+
+def ppg_fiducials(
+    ppg: np.ndarray,
+    *,
+    rate_hz: float,
+    method: PpgMethod = "elgendi",
+    fiducial: PpgFiducial = "foot",
+) -> PPGFiducials:
+    """Clean one contiguous PPG run and find its beat fiducials to a fraction of a sample.
+
+    The detection step of :func:`ppg_beats`, also used once per block by the streaming
+    :class:`~wearemo.signals.tracks.PPGTrack`. Flat, non-finite or too-short (< 4 s) input
+    gives no fiducials.
+
+    Example
+    -------
+    >>> import neurokit2 as nk
+    >>> ppg = nk.ppg_simulate(duration=20, sampling_rate=64, heart_rate=60, random_state=1)
+    >>> 18 <= ppg_fiducials(ppg, rate_hz=64).positions.size <= 21
+    True
+    """
+    if method not in PPG_METHODS:
+        raise ValueError(f"ppg_beats: unknown method {method!r}; choose one of {PPG_METHODS}")
+    if fiducial not in PPG_FIDUCIALS:
+        raise ValueError(
+            f"ppg_beats: unknown fiducial {fiducial!r}; choose one of {PPG_FIDUCIALS}"
+        )
+    none = PPGFiducials(np.zeros(0), np.zeros(0))
+    x = np.asarray(ppg, dtype=np.float64).reshape(-1)
+    if x.size < 4 * rate_hz or not np.all(np.isfinite(x)) or np.ptp(x) == 0.0:
+        return none
+    with quiet():
+        try:
+            clean = np.asarray(nk.ppg_clean(x, sampling_rate=rate_hz, method="elgendi"))
+            target = -clean if fiducial == "foot" else clean
+            peaks = np.asarray(
+                nk.ppg_findpeaks(target, sampling_rate=rate_hz, method=method)["PPG_Peaks"],
+                dtype=np.int64,
+            )
+        except (ValueError, IndexError, TypeError, ZeroDivisionError):
+            return none
+    peaks = np.unique(peaks[(peaks >= 0) & (peaks < x.size)])
+    return PPGFiducials(clean, peaks_refine(target, peaks))
 
 
 def ppg_beats(
@@ -89,38 +152,21 @@ def ppg_beats(
     >>> ppg_beats(np.zeros(640), rate_hz=64).n_beats
     0
     """
-    if method not in PPG_METHODS:
-        raise ValueError(f"ppg_beats: unknown method {method!r}; choose one of {PPG_METHODS}")
-    if fiducial not in PPG_FIDUCIALS:
-        raise ValueError(
-            f"ppg_beats: unknown fiducial {fiducial!r}; choose one of {PPG_FIDUCIALS}"
-        )
-    x = np.asarray(ppg, dtype=np.float64).reshape(-1)
-    if x.size < 4 * rate_hz or not np.all(np.isfinite(x)) or np.ptp(x) == 0.0:
+    det = ppg_fiducials(ppg, rate_hz=rate_hz, method=method, fiducial=fiducial)
+    pos = det.positions
+    if pos.size < 2:
         return _empty(method)
-    with quiet():
-        try:
-            clean = nk.ppg_clean(x, sampling_rate=rate_hz, method="elgendi")
-            if fiducial == "foot":
-                clean = -clean
-            peaks = np.asarray(
-                nk.ppg_findpeaks(clean, sampling_rate=rate_hz, method=method)["PPG_Peaks"],
-                dtype=np.int64,
-            )
-        except (ValueError, IndexError, TypeError, ZeroDivisionError):
-            return _empty(method)
-    if peaks.size < 2:
-        return _empty(method)
-    quality = beat_quality(peaks, x.size, rate_hz)
+    n_samples = det.clean.size
+    quality = beat_quality(pos, n_samples, rate_hz)
     fixed, n_corrected = (
-        beats_correct(peaks, rate_hz=rate_hz, n_samples=x.size) if correct else (peaks, 0)
+        beats_correct(pos, rate_hz=rate_hz, n_samples=n_samples) if correct else (pos, 0)
     )
-    rr = np.diff(fixed) * (1000.0 / rate_hz)
     return Beats(
-        peak_indices=fixed,
-        rr_ms=rr,
+        peak_indices=np.clip(np.round(fixed), 0, n_samples - 1).astype(np.int64),
+        rr_ms=np.diff(fixed) * (1000.0 / rate_hz),
         n_corrected=int(n_corrected),
-        corrected_fraction=float(n_corrected / peaks.size),
+        corrected_fraction=float(n_corrected / pos.size),
         quality=quality,
         method=method,
+        peak_positions=fixed,
     )

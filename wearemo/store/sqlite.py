@@ -391,6 +391,7 @@ class SQLiteStore:
                         "beat_source": w.beat_source,
                         "n_beats": w.n_beats,
                         "methods": w.methods,
+                        "reasons": w.reasons,
                     }
                 ),
             )
@@ -436,6 +437,7 @@ class SQLiteStore:
                     beat_source=str(d["beat_source"]),
                     n_beats=int(d["n_beats"]),
                     methods={k: str(v) for k, v in d["methods"].items()},
+                    reasons={k: str(v) for k, v in d.get("reasons", {}).items()},
                 )
             )
         return out
