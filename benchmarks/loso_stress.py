@@ -2,8 +2,10 @@
 
 Featurises ``../shared/data/stress-predict/`` (cached in ``--features``), runs the
 pre-registered model leave-one-subject-out, and prints a final JSON line with pooled and
-per-subject balanced accuracy, macro-F1, AUROC and ECE, plus one ablation run in the same
-process: without the personal baseline (raw feature levels instead of deviations).
+per-subject balanced accuracy, macro-F1, AUROC and ECE, plus two ablations run in the same
+process: without the personal baseline (raw feature levels instead of deviations), and without
+the PPG template-quality gate (``WindowConfig(ppg_sqi_min=0)``: HRV from every corrected beat,
+featurised again into ``<features>-nosqi.parquet``).
 
 Usage::
 
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 from wearemo.batch import labelled_windows
+from wearemo.features import WindowConfig
 from wearemo.model import BaselineConfig
 from wearemo.model.baseline import RELATIVE_FEATURES
 from wearemo.model.estimator import ABSOLUTE_FEATURES, DEFAULT_FEATURES
@@ -46,6 +49,11 @@ def main() -> None:
     no_baseline = loso_evaluate(
         data, feature_names=raw_names, baseline=BaselineConfig(personal=False), n_jobs=a.jobs
     ).summary()
+    # Ablation: no PPG template-quality gate (HRV from every beat, as before the gate existed).
+    nosqi_cache = a.features.with_name(a.features.stem + "-nosqi.parquet")
+    nosqi_data, _ = labelled_windows(a.data, cache=nosqi_cache, jobs=a.jobs,
+                                     config=WindowConfig(ppg_sqi_min=0.0))
+    no_sqi = loso_evaluate(nosqi_data, n_jobs=a.jobs).summary()
     print(json.dumps({
         "data_hash": digest[:16], "subjects": len(data),
         "featurise_s": round(featurised, 1), "total_s": round(time.perf_counter() - t0, 1),
@@ -55,6 +63,9 @@ def main() -> None:
                                           "per_task_predicted_stress_rate")},
         "per_subject_balanced_accuracy": main_run["per_subject_balanced_accuracy"],
         "ablation_no_personal_baseline": no_baseline["pooled"],
+        "ablation_no_ppg_sqi_gate": no_sqi["pooled"],
+        "estimated_windows": main_run["pooled"].get("n"),
+        "estimated_windows_no_ppg_sqi_gate": no_sqi["pooled"].get("n"),
     }))
 
 

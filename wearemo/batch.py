@@ -56,14 +56,11 @@ TRAIN_MIN_FRACTION = 0.8
 
 
 def _featurize_one(
-    args: tuple[Path, float, float], on_progress: Callable[[float], None] | None = None
+    args: tuple[Path, WindowConfig], on_progress: Callable[[float], None] | None = None
 ) -> pd.DataFrame:
-    path, window_s, step_s = args
+    path, config = args
     rec = load_recording(path)
-    frame = windows_to_frame(
-        featurize_recording(rec, config=WindowConfig(length_s=window_s, step_s=step_s),
-                            on_progress=on_progress)
-    )
+    frame = windows_to_frame(featurize_recording(rec, config=config, on_progress=on_progress))
     return _add_labels(frame, rec)
 
 
@@ -91,12 +88,14 @@ def featurize_dirs(
     step_s: float = 5.0,
     jobs: int = 2,
     on_progress: Callable[[str, float], None] | None = None,
+    config: WindowConfig | None = None,
 ) -> pd.DataFrame:
     """Featurise every recording under ``root`` (one row per window, with labels if present).
 
     ``on_progress(recording_name, fraction)`` is called as recordings advance: continuously
     within each recording when they run in this process, once per finished recording when
-    they run in a pool (``jobs > 1`` and several recordings).
+    they run in a pool (``jobs > 1`` and several recordings). ``config``, when given, replaces
+    ``WindowConfig(length_s=window_s, step_s=step_s)``.
 
     Example
     -------
@@ -104,7 +103,8 @@ def featurize_dirs(
     True
     """
     paths = find_recordings(root)
-    args = [(p, window_s, step_s) for p in paths]
+    cfg = config or WindowConfig(length_s=window_s, step_s=step_s)
+    args = [(p, cfg) for p in paths]
     if jobs > 1 and len(paths) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(_featurize_one, a): a[0].name for a in args}
@@ -166,22 +166,24 @@ def _data_hash(paths: Sequence[Path]) -> str:
 
 
 def labelled_windows(
-    root: Path, *, cache: Path | None = None, jobs: int = 2
+    root: Path, *, cache: Path | None = None, jobs: int = 2, config: WindowConfig | None = None
 ) -> tuple[list[LabelledWindows], str]:
     """Feature windows and labels of every recording under ``root`` (+ a hash of the data).
 
-    ``cache`` names a Parquet file reused when it was made from the same data (same hash).
+    ``cache`` names a Parquet file reused when it was made from the same data, code and window
+    configuration (default ``WindowConfig()``).
     """
     paths = find_recordings(root)
     digest = _data_hash(paths)
-    key = f"{digest}:{_code_hash()}"
+    cfg = config or WindowConfig()
+    key = f"{digest}:{_code_hash()}:{cfg!r}"
     frame: pd.DataFrame | None = None
     if cache is not None and cache.is_file():
         cached = pd.read_parquet(cache)
         if "cache_key" in cached.columns and (cached.cache_key == key).all():
             frame = cached
     if frame is None:
-        frame = featurize_dirs(root, jobs=jobs)
+        frame = featurize_dirs(root, jobs=jobs, config=cfg)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             frame.assign(cache_key=key).to_parquet(cache, index=False)

@@ -71,6 +71,7 @@ FEATURE_UNITS: dict[str, str] = {
     "temp_slope_degC_per_min": "°C/min",
     "acc_mag_mean_g": "g",
     "acc_activity_g": "g",
+    "acc_enmo_mg": "mg",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURE_UNITS)
 
@@ -320,6 +321,7 @@ def window_features(
             m = acc_motion(acc[ok], rate_hz=acc_sl.rate_hz)
             _put(features, "acc_mag_mean_g", m.mag_mean_g)
             _put(features, "acc_activity_g", m.activity_g)
+            _put(features, "acc_enmo_mg", 1000.0 * m.enmo_g)
             motion = m.motion
             methods["motion"] = f"acc_mag_std>{MOTION_THRESHOLD_G}g"
         else:

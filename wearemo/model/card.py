@@ -34,7 +34,10 @@ def model_card(manifest: dict[str, Any]) -> str:
         "`non_stress`) from 60-s windows of wrist PPG-derived heart rate/HRV, electrodermal "
         "activity and skin temperature, each expressed relative to the wearer's own baseline "
         "learned over the first ~5 min of valid data (states are withheld during that warm-up, "
-        "and on motion, poor PPG quality or missing channels).",
+        "on motion, and when neither usable beats nor EDA are available; with only one of them "
+        "the other's features are taken as missing). HRV uses only PPG beats whose waveform "
+        "passes a template-matching quality test (correlation >= 0.90); on this wrist data "
+        "that removes HRV from over half of the windows, which then rest on EDA.",
         "",
         f"- Classifier: {manifest.get('classifier', '?')}",
         f"- Features: {', '.join(manifest.get('feature_names', []))}",
