@@ -61,6 +61,7 @@ def test_commits_do_not_depend_on_chunking(sizes: list[float]) -> None:
     np.testing.assert_array_equal(a.times_ns, b.times_ns)
     assert (a.n_detected, a.n_corrected) == (b.n_detected, b.n_corrected)
     np.testing.assert_array_equal(a.rr_ms, b.rr_ms)
+    np.testing.assert_array_equal(a.beat_sqi, b.beat_sqi)
     c, d = whole_e.window(lo, hi), part_e.window(lo, hi)
     np.testing.assert_array_equal(c.tonic_us, d.tonic_us)
     np.testing.assert_array_equal(c.phasic_us, d.phasic_us)

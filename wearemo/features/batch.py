@@ -89,7 +89,7 @@ def windows_to_frame(windows: Iterable[FeatureWindow]) -> pd.DataFrame:
     Example
     -------
     >>> windows_to_frame([FeatureWindow("s1", 0, 60 * 10**9, {"hr_mean_bpm": 70.0})]).shape
-    (1, 47)
+    (1, 48)
     """
     rows = []
     quality_keys: list[str] = []

@@ -66,6 +66,7 @@ FEATURE_UNITS: dict[str, str] = {
     "eda_scr_count": "count",
     "eda_scr_rate_per_min": "1/min",
     "eda_scr_amp_mean_uS": "µS",
+    "eda_scr_rise_mean_s": "s",
     "eda_phasic_auc_uS_s": "µS·s",
     "temp_mean_degC": "°C",
     "temp_slope_degC_per_min": "°C/min",
@@ -375,6 +376,7 @@ def _put_eda(
     features["eda_scr_rate_per_min"] = n_scr / (window_s / 60.0)
     if n_scr:
         _put(features, "eda_scr_amp_mean_uS", float(np.mean(eda.scr_amplitudes_us)))
+        _put(features, "eda_scr_rise_mean_s", float(np.mean(eda.scr_rise_times_s)))
     # Rectangle-rule integral of the positive phasic component, µS·s.
     ph = eda.phasic_us[np.isfinite(eda.phasic_us)]
     if eda.times_ns.size >= 2:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -263,6 +263,9 @@ class BeatWindow:
         (:func:`~wearemo.signals.beats.beat_quality`).
     n_low_sqi
         Beats whose template correlation is below ``sqi_min`` (their intervals are NaN).
+    beat_sqi
+        Template correlation of each beat in ``times_ns`` (NaN for beats the correction
+        inserted or moved, which have no waveform of their own).
     """
 
     times_ns: np.ndarray
@@ -272,6 +275,7 @@ class BeatWindow:
     sqi: float
     plausibility: float
     n_low_sqi: int = 0
+    beat_sqi: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def corrected_fraction(self) -> float:
@@ -341,8 +345,8 @@ class PPGTrack(_BlockTrack):
         c, d = np.searchsorted(self._det_t, [start_ns, end_ns], side="left")
         det = self._det_t[c:d]
         n_changed = max(int(self._beat_changed[a:b].sum()), int((~self._det_kept[c:d]).sum()))
-        sqi = self._beat_sqi[a:b]
-        sqi = sqi[np.isfinite(sqi)]
+        rated = self._beat_sqi[a:b]
+        sqi = rated[np.isfinite(rated)]
         plaus = beat_quality(det / 1e6, (end_ns - start_ns) / 1e6, 1000.0) if det.size else 0.0
         return BeatWindow(
             times_ns=t,
@@ -352,6 +356,7 @@ class PPGTrack(_BlockTrack):
             sqi=float(sqi.mean()) if sqi.size else float("nan"),
             plausibility=plaus,
             n_low_sqi=int(low.sum()),
+            beat_sqi=self._beat_sqi[a:b],
         )
 
     def _process(self, bs: int, be: int, t: np.ndarray, x: np.ndarray) -> None:
