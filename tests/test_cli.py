@@ -67,6 +67,36 @@ def test_train_on_a_small_cohort_writes_an_honest_artifact(tmp_path: Path) -> No
     assert "leave-one-subject-out" in (out / "MODEL_CARD.md").read_text()
     _wearemo("predict", str(cohort / "A1"), "--model", str(out), "--out", str(tmp_path / "p.csv"))
 
+    # `evaluate --loso` reproduces the LOSO figures written into the model card
+    rep = tmp_path / "eval" / "loso.json"
+    _wearemo("evaluate", str(cohort), "--loso", "--report", str(rep), "--jobs", "1")
+    summary = json.loads(rep.read_text())
+    assert summary["pooled"] == manifest["loso"]["pooled"]
+    c = summary["confusion"]
+    assert c["tn"] + c["fp"] + c["fn"] + c["tp"] == summary["pooled"]["n"]
+    assert sum(b["n"] for b in summary["reliability"]) == summary["pooled"]["n"]
+    md = rep.with_suffix(".md").read_text()
+    assert "Confusion matrix" in md and "| A1 |" in md and "loso-reliability.png" in md
+    assert (rep.parent / "loso-reliability.png").stat().st_size > 1000
+    # a fixed model on recordings (external validation): nothing is fitted
+    ext = tmp_path / "eval" / "ext.json"
+    _wearemo("evaluate", str(cohort / "A1"), "--model", str(out), "--report", str(ext))
+    ext_summary = json.loads(ext.read_text())
+    assert ext_summary["protocol"].startswith(f"fixed model {manifest['version']}")
+    assert ext_summary["pooled"]["n"] > 50 and ext_summary["pooled"]["auroc"] is not None
+
+
+def test_evaluate_refuses_labels_that_cover_no_window(tmp_path: Path) -> None:
+    rec = tmp_path / "B1"
+    shutil.copytree(DEFAULT_EXCERPT, rec)
+    (rec / "labels.csv").write_text("start_unix,end_unix,label,task\n1,2,stress,stroop\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "wearemo", "evaluate", str(rec), "--report",
+         str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "cannot evaluate" in done.stdout and "no labelled window" in done.stdout
+    assert not (tmp_path / "r.json").exists()
+
 
 def _state(start_s: float, state: str, p: float | None) -> dict[str, object]:
     return {"window_start_ns": int(start_s * 1e9), "window_end_ns": int((start_s + 60) * 1e9),

@@ -295,6 +295,42 @@ def train(
 
 
 @app.command()
+def evaluate(
+    recordings: Annotated[Path, typer.Argument(help="Folder of labelled recordings.")],
+    report: Annotated[Path, typer.Option(help="JSON report to write (+ .md and plots beside).")],
+    model: Annotated[str, typer.Option(help="'default' or an artifact folder (not with --loso).")]
+    = "default",
+    loso: Annotated[bool, typer.Option(
+        "--loso", help="Train and test leave-one-subject-out on the recordings.")] = False,
+    features: Annotated[
+        Path | None, typer.Option(help="Feature cache (.parquet) to reuse or create.")
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed (with --loso).")] = 0,
+) -> None:
+    """Score a model on labelled recordings: LOSO (--loso) or a fixed model (external)."""
+    from wearemo.model import ModelVersionError, load_model
+    from wearemo.model.report import write_report
+    from wearemo.model.train import external_evaluate, loso_evaluate
+
+    with console.status("featurising"):
+        data, data_hash = labelled_windows(recordings, cache=features, jobs=jobs)
+    console.print(f"{len(data)} subjects, {sum(len(d.windows) for d in data)} windows")
+    try:
+        with console.status("leave-one-subject-out" if loso else f"scoring model {model}"):
+            result = (loso_evaluate(data, seed=seed, n_jobs=jobs) if loso
+                      else external_evaluate(data, load_model(model)))
+    except (ValueError, FileNotFoundError, ModelVersionError) as exc:
+        console.print(f"[red]cannot evaluate:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    summary = result.summary() | {"data": str(recordings), "data_hash": data_hash,
+                                  "model": "loso (pre-registered)" if loso else model}
+    md = write_report(summary, report)
+    console.print_json(data=summary["pooled"])
+    console.print(f"report → {report}, {md}")
+
+
+@app.command()
 def predict(
     recordings: Annotated[Path, typer.Argument(help="Recording folder or folder of them.")],
     out: Annotated[Path, typer.Option(help="CSV to write (one row per window).")],

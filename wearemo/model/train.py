@@ -34,10 +34,13 @@ from wearemo.model.estimator import DEFAULT_FEATURES, GateConfig, SubjectEstimat
 __all__ = [
     "LabelledWindows",
     "LosoReport",
+    "confusion",
     "expected_calibration_error",
+    "external_evaluate",
     "fit_model",
     "loso_evaluate",
     "make_classifier",
+    "reliability",
 ]
 
 
@@ -180,15 +183,46 @@ def _bootstrap_ci(values: Sequence[float], *, n: int = 2000, seed: int = 0) -> l
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def confusion(y: np.ndarray, pred: np.ndarray) -> dict[str, int]:
+    """Counts of true/false stress/non-stress decisions (stress is the positive class).
+
+    >>> confusion(np.array([0, 1, 1]), np.array([0, 1, 0]))
+    {'tn': 1, 'fp': 0, 'fn': 1, 'tp': 1}
+    """
+    y, pred = np.asarray(y, dtype=bool), np.asarray(pred, dtype=bool)
+    return {"tn": int((~y & ~pred).sum()), "fp": int((~y & pred).sum()),
+            "fn": int((y & ~pred).sum()), "tp": int((y & pred).sum())}
+
+
+def reliability(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10) -> list[dict[str, float]]:
+    """Reliability-diagram bins: windows, mean predicted probability, observed stress rate.
+
+    >>> reliability(np.array([0, 1]), np.array([0.05, 0.95]), n_bins=2)[1]["observed"]
+    1.0
+    """
+    bins = np.clip((np.asarray(p) * n_bins).astype(int), 0, n_bins - 1)
+    out = []
+    for b in range(n_bins):
+        m = bins == b
+        if m.any():
+            out.append({"low": b / n_bins, "high": (b + 1) / n_bins, "n": int(m.sum()),
+                        "mean_p": float(np.mean(p[m])), "observed": float(np.mean(y[m]))})
+    return out
+
+
 @dataclass(slots=True)
 class LosoReport:
-    """Leave-one-subject-out results: pooled, per subject and per task."""
+    """Evaluation results (leave-one-subject-out, or a fixed model on new data): pooled, per
+    subject and per task, with the pooled confusion matrix and reliability bins."""
 
     pooled: dict[str, float | None]
     per_subject: dict[str, dict[str, float | None]]
     per_task_stress_rate: dict[str, float]
     withheld: dict[str, dict[str, int]]
     predictions: dict[str, list[tuple[int, int, float, str]]]
+    protocol: str = "leave-one-subject-out; windows 60 s every 5 s; labels by majority"
+    confusion: dict[str, int] = field(default_factory=dict)
+    reliability: list[dict[str, float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (what goes into the manifest and the README)."""
@@ -198,8 +232,10 @@ class LosoReport:
                   if v["balanced_accuracy"] is not None}
         worst = min(scored, key=lambda k: scored[k]) if scored else None
         return {
-            "protocol": "leave-one-subject-out; windows 60 s every 5 s; labels by majority",
+            "protocol": self.protocol,
             "pooled": self.pooled,
+            "confusion": self.confusion,
+            "reliability": self.reliability,
             "per_subject_balanced_accuracy": {
                 k: v["balanced_accuracy"] for k, v in self.per_subject.items()
             },
@@ -210,6 +246,8 @@ class LosoReport:
             ),
             "worst_subject": worst,
             "per_task_predicted_stress_rate": self.per_task_stress_rate,
+            "per_subject": self.per_subject,
+            "withheld": self.withheld,
         }
 
 
@@ -232,7 +270,7 @@ def loso_evaluate(
     gate = gate or GateConfig()
     baseline = baseline or BaselineConfig()
     d = _design(data, feature_names=feature_names, gate=gate, baseline=baseline)
-    subjects = sorted(set(d.groups.tolist()))
+    subjects = sorted(set(d.groups.tolist()))  # subjects with estimated labelled windows
 
     def fold(subject: str) -> tuple[str, np.ndarray, float]:
         tr = (d.groups != subject) & d.train
@@ -242,7 +280,19 @@ def loso_evaluate(
             te = d.groups == subject
             return subject, clf.predict_proba(d.x[te])[:, 1], float(d.y[tr].mean())
 
+    if len(np.unique(d.y)) < 2:
+        raise ValueError(
+            "no labelled windows of both classes to evaluate (labels that cover no estimated "
+            f"window?): {int(d.y.size)} labelled windows"
+        )
     results = Parallel(n_jobs=n_jobs)(delayed(fold)(s) for s in subjects)
+    return _report(d, results, protocol="leave-one-subject-out; windows 60 s every 5 s; "
+                   "labels by majority")
+
+
+def _report(
+    d: _Design, results: Sequence[tuple[str, np.ndarray, float]], *, protocol: str
+) -> LosoReport:
     p_all = np.full(len(d.y), np.nan)
     thr_all = np.full(len(d.y), np.nan)
     per_subject: dict[str, dict[str, float | None]] = {}
@@ -256,6 +306,8 @@ def loso_evaluate(
             (int(e), int(y), float(q), str(t))
             for e, y, q, t in zip(d.end_ns[te], d.y[te], p, d.tasks[te], strict=True)
         ]
+    for subject in d.withheld:  # subjects with no estimated labelled window: say so
+        per_subject.setdefault(subject, _scores(np.zeros(0, int), np.zeros(0), 0.5))
     pred = p_all >= thr_all
     per_task = {t: float(pred[d.tasks == t].mean()) for t in sorted(set(d.tasks.tolist())) if t}
     return LosoReport(
@@ -264,7 +316,38 @@ def loso_evaluate(
         per_task_stress_rate=per_task,
         withheld=d.withheld,
         predictions=predictions,
+        protocol=protocol,
+        confusion=confusion(d.y, pred),
+        reliability=reliability(d.y, p_all),
     )
+
+
+def external_evaluate(data: Sequence[LabelledWindows], model: StressModel) -> LosoReport:
+    """Score a fixed, already-trained model on labelled recordings it never saw.
+
+    Every window goes through the model's own gate, personal baseline and threshold, exactly as
+    in live use (external validation: nothing is fitted on ``data``).
+
+    Example
+    -------
+    >>> external_evaluate(data, load_model("default")).pooled  # doctest: +SKIP
+    """
+    if model.classifier is None:
+        raise ValueError("the model has no classifier to evaluate")
+    d = _design(data, feature_names=model.feature_names, gate=model.gate,
+                baseline=model.baseline)
+    if d.y.size == 0:
+        raise ValueError("no labelled window was estimated: nothing to evaluate (labels that "
+                         "cover no window, or every window withheld)")
+    threshold = model.gate.stress_threshold
+    results = []
+    for subject in sorted(set(d.groups.tolist())):
+        te = d.groups == subject
+        with ThreadpoolController().limit(limits=1, user_api="openmp"):
+            p = model.classifier.predict_proba(d.x[te])[:, 1]
+        results.append((subject, p, threshold))
+    return _report(d, results, protocol=f"fixed model {model.version} applied to held-out "
+                   "recordings (external validation); windows 60 s every 5 s")
 
 
 def fit_model(
