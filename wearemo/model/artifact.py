@@ -63,10 +63,12 @@ def _minor(version: str) -> str:
 
 def _trusted_types(path: Path) -> list[str]:
     # skops lists every type it would have to construct; accept only scikit-learn, NumPy and
-    # SciPy internals and refuse anything else rather than trusting the file blindly.
+    # SciPy internals and our own classifier, and refuse anything else rather than trusting
+    # the file blindly.
     untrusted = sio.get_untrusted_types(file=path)
     allowed = ("sklearn.", "numpy.", "scipy.", "builtins.")
-    bad = [t for t in untrusted if not t.startswith(allowed)]
+    ours = {"wearemo.model.classifier.StressClassifier"}
+    bad = [t for t in untrusted if not (t.startswith(allowed) or t in ours)]
     if bad:
         raise ValueError(f"{path}: refuses to load untrusted types {bad}")
     return untrusted

@@ -20,15 +20,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
-from sklearn.model_selection import GroupKFold
 from threadpoolctl import ThreadpoolController
 
 from wearemo.features.window import FeatureWindow
 from wearemo.model.artifact import StressModel
 from wearemo.model.baseline import BaselineConfig
+from wearemo.model.classifier import StressClassifier
 from wearemo.model.estimator import DEFAULT_FEATURES, GateConfig, SubjectEstimator
 
 __all__ = [
@@ -119,30 +117,14 @@ def _design(
     )
 
 
-def _trainable(x: np.ndarray) -> np.ndarray:
-    # scikit-learn 1.9's histogram binning fails on an all-NaN column (a channel missing from
-    # every training recording); such a column carries no information, so train on zeros.
-    empty = ~np.isfinite(x).any(axis=0)
-    if empty.any():
-        x = x.copy()
-        x[:, empty] = 0.0
-    return x
+def make_classifier(*, seed: int = 0) -> StressClassifier:
+    """The pre-registered classifier (:class:`~wearemo.model.classifier.StressClassifier`):
+    gradient-boosted trees, sigmoid-calibrated across subjects (pass ``groups=`` to ``fit``).
 
-
-def make_classifier(groups: np.ndarray, *, seed: int = 0) -> CalibratedClassifierCV:
-    """The pre-registered classifier: gradient-boosted trees, sigmoid-calibrated across subjects.
-
-    Calibration folds split by subject (``GroupKFold``), so the calibrator sees probabilities for
-    people the trees did not train on, as in deployment. Missing features (NaN) are handled by
-    the trees natively.
+    >>> make_classifier(seed=1).random_state
+    1
     """
-    trees = HistGradientBoostingClassifier(
-        max_iter=200, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=40,
-        l2_regularization=1.0, class_weight="balanced", random_state=seed,
-    )
-    n_splits = min(5, len(np.unique(groups)))
-    splits = list(GroupKFold(n_splits=n_splits).split(np.zeros(len(groups)), groups=groups))
-    return CalibratedClassifierCV(trees, method="sigmoid", cv=splits)
+    return StressClassifier(random_state=seed)
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10) -> float:
@@ -276,7 +258,7 @@ def loso_evaluate(
         tr = (d.groups != subject) & d.train
         # Parallel folds each get one OpenMP thread: oversubscribed tree fitting spins badly.
         with ThreadpoolController().limit(limits=1 if n_jobs != 1 else None, user_api="openmp"):
-            clf = make_classifier(d.groups[tr], seed=seed).fit(_trainable(d.x[tr]), d.y[tr])
+            clf = make_classifier(seed=seed).fit(d.x[tr], d.y[tr], groups=d.groups[tr])
             te = d.groups == subject
             return subject, clf.predict_proba(d.x[te])[:, 1], float(d.y[tr].mean())
 
@@ -365,13 +347,14 @@ def fit_model(
     gate = replace(gate, stress_threshold=float(d.y[d.train].mean()))
     if len(np.unique(d.y[d.train])) < 2:
         raise ValueError("training data needs both stress and non_stress windows")
-    x_train = _trainable(d.x[d.train])
-    clf = make_classifier(d.groups[d.train], seed=seed).fit(x_train, d.y[d.train])
+    clf = make_classifier(seed=seed).fit(d.x[d.train], d.y[d.train],
+                                         groups=d.groups[d.train])
     manifest: dict[str, Any] = {
         "training_subjects": sorted(set(d.groups.tolist())),
         "training_windows": int(d.train.sum()),
         "seed": seed,
-        "classifier": "HistGradientBoostingClassifier + sigmoid calibration (GroupKFold)",
+        "classifier": "StressClassifier: HistGradientBoostingClassifier + sigmoid calibration "
+                      "(GroupKFold by subject)",
     }
     return StressModel(
         classifier=clf, feature_names=list(feature_names), gate=gate, baseline=baseline,

@@ -1,0 +1,152 @@
+"""The stress classifier as a scikit-learn estimator: gradient-boosted trees, calibrated across
+people.
+
+A plain scikit-learn estimator (parameters only in ``__init__``, ``fit`` returns ``self``,
+fitted attributes end in ``_``; ``tests/model/test_classifier.py`` runs scikit-learn's
+``parametrize_with_checks`` on it), so it composes with pipelines, grid searches and
+cross-validation, and a trial team can swap it for their own.
+
+Example
+-------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> x = rng.normal(size=(400, 3))
+>>> y = (x[:, 0] + 0.3 * rng.normal(size=400) > 0).astype(int)
+>>> clf = StressClassifier().fit(x, y, groups=np.repeat(np.arange(8), 50))
+>>> bool(clf.predict_proba(x[:5]).shape == (5, 2))
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.model_selection import GroupKFold, StratifiedKFold
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+__all__ = ["StressClassifier"]
+
+
+class StressClassifier(ClassifierMixin, BaseEstimator):
+    """Histogram gradient-boosted trees with sigmoid calibration on held-out people.
+
+    ``fit(X, y, groups=...)`` calibrates on folds split by ``groups`` (subjects, ``GroupKFold``),
+    so the calibrator sees probabilities for people the trees did not train on, as in
+    deployment; without groups it falls back to stratified folds. Missing values (NaN) are
+    handled natively by the trees; a column with no value at all in training is ignored (set to
+    0, which carries no information) because scikit-learn's binning rejects it.
+
+    Parameters
+    ----------
+    max_iter, learning_rate, max_leaf_nodes, min_samples_leaf, l2_regularization
+        Passed to :class:`~sklearn.ensemble.HistGradientBoostingClassifier` (with
+        ``class_weight="balanced"``); ``min_samples_leaf`` is capped at 5 % of the training
+        windows so tiny data sets can still split (no effect at real data sizes).
+    calibration_folds
+        Folds of the sigmoid calibration (fewer when there are fewer groups or samples).
+    random_state
+        Seed of the trees.
+
+    Attributes
+    ----------
+    classes_
+        Class labels seen in ``fit``.
+    n_features_in_
+        Number of input features.
+    calibrated_
+        The fitted :class:`~sklearn.calibration.CalibratedClassifierCV`.
+    empty_columns_
+        Boolean mask of the columns that had no finite value in training.
+    n_iter_
+        Boosting iterations of the largest calibration fold's trees.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_iter: int = 200,
+        learning_rate: float = 0.05,
+        max_leaf_nodes: int = 15,
+        min_samples_leaf: int = 40,
+        l2_regularization: float = 1.0,
+        calibration_folds: int = 5,
+        random_state: int | None = 0,
+    ) -> None:
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
+        self.min_samples_leaf = min_samples_leaf
+        self.l2_regularization = l2_regularization
+        self.calibration_folds = calibration_folds
+        self.random_state = random_state
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def _splits(self, y: np.ndarray, groups: np.ndarray | None) -> list[Any]:
+        idx = np.zeros(len(y))
+        if groups is not None and len(np.unique(groups)) >= 2:
+            k = min(self.calibration_folds, len(np.unique(groups)))
+            return list(GroupKFold(n_splits=k).split(idx, y, groups=groups))
+        smallest = int(np.min(np.unique(y, return_counts=True)[1]))
+        k = max(2, min(self.calibration_folds, smallest))
+        return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=0).split(idx, y))
+
+    def fit(
+        self, X: Any, y: Any, groups: Any | None = None  # noqa: N803 (scikit-learn naming)
+    ) -> StressClassifier:
+        """Fit trees and calibration; ``groups`` (one id per row, e.g. the subject) keeps each
+        calibration fold's people out of its trees' training."""
+        x, yv = validate_data(self, X, y, ensure_all_finite="allow-nan")
+        check_classification_targets(yv)
+        self.classes_ = np.unique(yv)
+        if self.classes_.size < 2:
+            raise ValueError(
+                f"StressClassifier needs at least 2 classes in y, got {self.classes_.size} "
+                f"class: {self.classes_.tolist()}"
+            )
+        g = None if groups is None else np.asarray(groups)
+        if g is not None and g.shape[0] != x.shape[0]:
+            raise ValueError(f"groups has {g.shape[0]} entries for {x.shape[0]} rows")
+        self.empty_columns_ = ~np.isfinite(x).any(axis=0)
+        trees = HistGradientBoostingClassifier(
+            max_iter=self.max_iter,
+            learning_rate=self.learning_rate,
+            max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=max(1, min(self.min_samples_leaf, x.shape[0] // 20)),
+            l2_regularization=self.l2_regularization,
+            class_weight="balanced",
+            random_state=self.random_state,
+        )
+        self.calibrated_ = CalibratedClassifierCV(
+            trees, method="sigmoid", cv=self._splits(yv, g)
+        ).fit(self._fill(x), yv)
+        fitted = self.calibrated_.calibrated_classifiers_
+        self.n_iter_ = max(int(c.estimator.n_iter_) for c in fitted)
+        return self
+
+    def _fill(self, x: np.ndarray) -> np.ndarray:
+        if not self.empty_columns_.any():
+            return x
+        x = np.array(x, dtype=float, copy=True)
+        x[:, self.empty_columns_] = 0.0
+        return x
+
+    def predict_proba(self, X: Any) -> np.ndarray:  # noqa: N803 (scikit-learn naming)
+        """Calibrated class probabilities, columns in the order of ``classes_``."""
+        check_is_fitted(self)
+        x = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
+        return np.asarray(self.calibrated_.predict_proba(self._fill(x)))
+
+    def predict(self, X: Any) -> np.ndarray:  # noqa: N803 (scikit-learn naming)
+        """Most probable class (the service thresholds ``p_stress`` itself; see GateConfig)."""
+        check_is_fitted(self)
+        proba = self.predict_proba(X)
+        return np.asarray(self.classes_[np.argmax(proba, axis=1)])
