@@ -113,6 +113,12 @@ def test_one_good_channel_is_estimated_without_the_other(cohort: list[LabelledWi
     # the poor PPG's HRV is not used: its inputs are missing, the EDA ones are not
     assert all(math.isnan(v) for k, v in inputs.items() if "hrv" in k or "hr_mean" in k)
     assert any(math.isfinite(v) for k, v in inputs.items() if "eda" in k)
+    good = est.update(cohort[0].windows[14])
+    assert good.state != "withheld" and "ppg" in good.channels_used
+    later = {f: getattr(poor, f) for f in poor.__slots__}  # type: ignore[attr-defined]
+    later["end_ns"] = poor.end_ns + 20 * 10**9
+    state = est.update(FeatureWindow(**later))
+    assert state.state != "withheld" and "ppg" not in state.channels_used  # says what it used
 
 
 def test_loso_separates_synthetic_stress_and_never_trains_on_the_test_subject(

@@ -170,14 +170,19 @@ class SubjectEstimator:
     def update(self, window: FeatureWindow) -> StateEstimate:
         """Estimate the state for the next window of this subject."""
         inputs, reason = self.assess(window)
-        channels = sorted(k for k, v in window.coverage.items() if v >= self.gate.min_coverage)
         if inputs is None or self.classifier is None:
+            channels = sorted(k for k, v in window.coverage.items()
+                              if v >= self.gate.min_coverage)
             return StateEstimate(
                 subject_id=self.subject_id, window_start_ns=window.start_ns,
                 window_end_ns=window.end_ns, model_version=self.version,
                 channels_used=channels, state="withheld", reason=reason or "no model",
             )
         x = np.array([[inputs.get(n, math.nan) for n in self.feature_names]], dtype=float)
+        channels = channels_of(
+            [n for n, v in zip(self.feature_names, x[0], strict=True) if math.isfinite(v)],
+            beat_source=window.beat_source,
+        )
         with _THREADS.limit(limits=1, user_api="openmp"):
             p = float(self.classifier.predict_proba(x)[0, 1])
         return StateEstimate(
@@ -187,6 +192,24 @@ class SubjectEstimator:
             p_stress=min(max(p, 0.0), 1.0),
             top_features=top_deviations(inputs),
         )
+
+
+def channels_of(feature_names: Sequence[str], *, beat_source: str) -> list[str]:
+    """The channels behind the given model inputs (what an estimate actually used).
+
+    >>> channels_of(["rel_hrv_rmssd_ms", "rel_eda_scl_mean_uS"], beat_source="ppg")
+    ['eda', 'ppg']
+    """
+    out: set[str] = set()
+    for name in feature_names:
+        base = name.removeprefix("rel_")
+        if base.startswith(("hr_mean", "hrv_")) and beat_source in ("ppg", "rr"):
+            out.add(beat_source)
+        elif base.startswith("hr_device"):
+            out.add("hr")
+        elif base.startswith(("eda_", "acc_", "temp_")):
+            out.add(base.split("_", 1)[0])
+    return sorted(out)
 
 
 def top_deviations(inputs: Mapping[str, float], k: int = 3) -> dict[str, float]:
