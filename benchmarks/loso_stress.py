@@ -2,10 +2,11 @@
 
 Featurises ``../shared/data/stress-predict/`` (cached in ``--features``), runs the
 pre-registered model leave-one-subject-out, and prints a final JSON line with pooled and
-per-subject balanced accuracy, macro-F1, AUROC and ECE, plus two ablations run in the same
-process: without the personal baseline (raw feature levels instead of deviations), and without
-the PPG template-quality gate (``WindowConfig(ppg_sqi_min=0)``: HRV from every corrected beat,
-featurised again into ``<features>-nosqi.parquet``).
+per-subject balanced accuracy, macro-F1, AUROC and ECE, plus ablations run in the same process:
+without the personal baseline (raw feature levels instead of deviations), without cardiac
+features, without EDA features, and without the PPG template-quality gate
+(``WindowConfig(ppg_sqi_min=0)``: HRV from every corrected beat, featurised again into
+``<features>-nosqi.parquet``).
 
 Usage::
 
@@ -49,6 +50,15 @@ def main() -> None:
     no_baseline = loso_evaluate(
         data, feature_names=raw_names, baseline=BaselineConfig(personal=False), n_jobs=a.jobs
     ).summary()
+    # Channel ablations on the same windows: without cardiac features (an EDA wristband) and
+    # without EDA (a chest strap or a watch without EDA).
+    cardiac = ("rel_hr_", "rel_hrv_")
+    no_cardiac = loso_evaluate(
+        data, feature_names=[n for n in DEFAULT_FEATURES if not n.startswith(cardiac)],
+        n_jobs=a.jobs).summary()
+    no_eda = loso_evaluate(
+        data, feature_names=[n for n in DEFAULT_FEATURES if "eda_" not in n],
+        n_jobs=a.jobs).summary()
     # Ablation: no PPG template-quality gate (HRV from every beat, as before the gate existed).
     nosqi_cache = a.features.with_name(a.features.stem + "-nosqi.parquet")
     nosqi_data, _ = labelled_windows(a.data, cache=nosqi_cache, jobs=a.jobs,
@@ -64,6 +74,8 @@ def main() -> None:
         "per_subject_balanced_accuracy": main_run["per_subject_balanced_accuracy"],
         "ablation_no_personal_baseline": no_baseline["pooled"],
         "ablation_no_ppg_sqi_gate": no_sqi["pooled"],
+        "ablation_no_cardiac_features": no_cardiac["pooled"],
+        "ablation_no_eda_features": no_eda["pooled"],
         "estimated_windows": main_run["pooled"].get("n"),
         "estimated_windows_no_ppg_sqi_gate": no_sqi["pooled"].get("n"),
     }))
