@@ -48,6 +48,12 @@ _REFRACTORY_NS = 250_000_000
 _MIN_PPG_RUN_S = 4.0
 
 
+def _gap_ns(rate_hz: float) -> float:
+    """Spacing above which two samples are a gap: 2.5 periods at the declared rate, 100 ms for
+    timestamped data (NaN rate)."""
+    return 2.5 * _NS / rate_hz if math.isfinite(rate_hz) and rate_hz > 0 else 100_000_000.0
+
+
 def _i64(n: int = 0) -> np.ndarray:
     return np.zeros(n, dtype=np.int64)
 
@@ -175,8 +181,7 @@ class _BlockTrack:
         # Gaps: over 2.5 periods at the declared rate; for timestamped data a fixed 100 ms (a
         # spacing estimated per batch would make the marks depend on the chunking).
         rate = self._rate_at(int(t[0]))
-        limit = 2.5 * _NS / rate if math.isfinite(rate) and rate > 0 else 100_000_000
-        gap = np.diff(tt) > limit
+        gap = np.diff(tt) > _gap_ns(rate)
         # A break sits at a valid sample whose predecessor is missing, far, or invalid.
         brk = ok[1:] & (gap | ~ok[:-1])
         if force_first and prev_t.size:
@@ -200,9 +205,7 @@ class _BlockTrack:
                 continue
             declared = self._rate_at(int(t[p0]))
             tp = t[p0:p1]
-            gap_ns = (2.5 * _NS / declared if math.isfinite(declared) and declared > 0
-                      else 100_000_000)
-            cut = np.flatnonzero(np.diff(tp) > gap_ns) + 1
+            cut = np.flatnonzero(np.diff(tp) > _gap_ns(declared)) + 1
             edges = np.concatenate([[0], cut, [tp.size]]) + p0
             for a, b in itertools.pairwise(edges):
                 seg = ok[a:b]
