@@ -39,8 +39,9 @@ class Beats:
     peak_indices
         Sample indices of the (corrected) fiducial peaks into the input signal.
     rr_ms
-        ``len(peak_indices) - 1`` intervals between corrected peaks, ms (by sample index and
-        ``rate_hz``; for timestamped input derive intervals from the peak times instead).
+        ``len(peak_indices) - 1`` intervals between corrected peaks, ms, from
+        ``peak_positions`` and ``rate_hz`` (for timestamped input derive intervals from the
+        peak times instead, as the streaming :class:`~wearemo.signals.tracks.PPGTrack` does).
     n_corrected
         Beats changed by the correction: ``max(#corrected peaks not detected, #detected peaks
         not kept)``, i.e. moved beats plus inserted or removed ones (0 without correction).

@@ -27,27 +27,12 @@ ECG_METHODS: tuple[str, ...] = get_args(EcgMethod)
 
 @dataclass(frozen=True, slots=True)
 class EcgBeats(Beats):
-    """R-peaks of an ECG segment and their intervals (a :class:`~wearemo.signals.ppg.Beats`).
+    """R-peaks of an ECG segment: the :class:`~wearemo.signals.beats.Beats` attributes (R-peaks
+    after correction when ``correction == "kubios"``; ``method`` is the NeuroKit2 detector) plus
+    what the ECG path adds.
 
     Attributes
     ----------
-    peak_indices
-        Sample indices of the R-peaks into the input signal, after correction when
-        ``correction == "kubios"`` (moved or inserted beats are interpolated positions, not
-        detected ones).
-    rr_ms
-        ``len(peak_indices) - 1`` intervals between those peaks, ms (by sample index and
-        ``rate_hz``).
-    n_corrected
-        Beats changed by the correction: ``max(#corrected peaks not detected, #detected peaks
-        not kept)``, i.e. moved beats plus inserted or removed ones (0 without correction).
-    corrected_fraction
-        ``n_corrected / number of detected peaks`` (0 when none were detected).
-    quality
-        0..1: fraction of the segment's duration spanned by plausible detected intervals
-        (300–2000 ms and within ±30 % of the segment's median interval), before correction.
-    method
-        R-peak detector (NeuroKit2 name).
     detected_indices
         R-peaks as detected, before correction (true fiducial positions; use these to compare
         with annotations).

@@ -72,7 +72,6 @@ class _BlockTrack:
         self.right_ns = round(right_s * _NS)
         self._t = _i64()
         self._x = np.zeros(0)
-        self.rate_hz: float | None = None
         self._next: int | None = None
         self._last_ns: int | None = None
         # Times of the first sample after each break (time gap, invalid samples or a change of
@@ -111,8 +110,6 @@ class _BlockTrack:
         if np.any(np.diff(t) <= 0) or (self._last_ns is not None and t[0] <= self._last_ns):
             raise ValueError("samples must be strictly increasing and after those pushed")
         rate = float(rate_hz) if rate_hz is not None else math.nan
-        if rate_hz is not None:
-            self.rate_hz = rate
         changed = bool(self._rate_hz.size) and not (
             math.isclose(rate, self._rate_hz[-1], rel_tol=1e-9)
             or (math.isnan(rate) and math.isnan(self._rate_hz[-1]))
@@ -438,8 +435,6 @@ class EDAWindow:
         Times of the SCR peaks inside the window.
     scr_amplitudes_us, scr_rise_times_s
         Their amplitudes (phasic peak minus onset) and rise times.
-    rate_hz
-        Sampling rate of the stream.
     """
 
     times_ns: np.ndarray
@@ -448,7 +443,6 @@ class EDAWindow:
     scr_peak_ns: np.ndarray
     scr_amplitudes_us: np.ndarray
     scr_rise_times_s: np.ndarray
-    rate_hz: float
 
     @property
     def valid_fraction(self) -> float:
@@ -505,7 +499,6 @@ class EDATrack(_BlockTrack):
             scr_peak_ns=self._scr_t[c:d],
             scr_amplitudes_us=self._scr_amp[c:d],
             scr_rise_times_s=self._scr_rise[c:d],
-            rate_hz=self.rate_hz or 0.0,
         )
 
     def _valid(self, x: np.ndarray) -> np.ndarray:
