@@ -239,3 +239,37 @@ def test_refuses_newer_schema(tmp_path: Path) -> None:
         c.execute("PRAGMA user_version=99")
     with pytest.raises(RuntimeError, match="schema version 99"):
         SQLiteStore(path)
+
+
+def test_state_outputs_round_trip(store: SQLiteStore) -> None:
+    s = StateEstimate(
+        subject_id="s1", window_start_ns=0, window_end_ns=60, state="stress", p_stress=0.8,
+        model_version="m", arousal=0.7, affect="amusement",
+        affect_p={"baseline": 0.2, "amusement": 0.7, "stress": 0.1},
+        not_estimated={"valence": "model not trained on valence labels"},
+    )
+    store.add_states([s])
+    assert store.latest_state("s1") == s
+
+
+def test_opens_schema_1_file_and_keeps_its_states(tmp_path: Path) -> None:
+    # A store written before arousal/affect outputs existed (schema 1) gains the columns.
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE states (subject_id TEXT NOT NULL, window_start_ns INTEGER NOT NULL, "
+        "window_end_ns INTEGER NOT NULL, state TEXT NOT NULL, p_stress REAL, reason TEXT, "
+        "model_version TEXT NOT NULL, channels_used TEXT NOT NULL, top_features TEXT NOT NULL, "
+        "PRIMARY KEY (subject_id, window_end_ns))"
+    )
+    conn.execute("INSERT INTO states VALUES ('s1', 0, 60, 'non_stress', 0.1, NULL, 'm', "
+                 "'[\"eda\"]', '{}')")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    with SQLiteStore(path) as s:
+        old = s.latest_state("s1")
+        assert old is not None and old.p_stress == 0.1 and old.arousal is None
+        assert old.not_estimated == {}
+        s.add_states([old.model_copy(update={"window_end_ns": 120, "arousal": 0.4})])
+        assert s.latest_state("s1").arousal == 0.4  # type: ignore[union-attr]

@@ -49,7 +49,7 @@ from wearemo.store.base import BatchConflictError, SubjectSummary, batch_digest
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -96,14 +96,21 @@ CREATE TABLE IF NOT EXISTS states (
     model_version   TEXT    NOT NULL,
     channels_used   TEXT    NOT NULL,
     top_features    TEXT    NOT NULL,
+    arousal         REAL,
+    outputs         TEXT    NOT NULL DEFAULT '{}',
     PRIMARY KEY (subject_id, window_end_ns)
 );
 """
 
 _STATE_COLUMNS = (
     "subject_id, window_start_ns, window_end_ns, state, p_stress, reason, model_version, "
-    "channels_used, top_features"
+    "channels_used, top_features, arousal, outputs"
 )
+# Added in schema 2 (arousal and affect outputs): an older file gets them by ALTER TABLE.
+_STATE_MIGRATIONS = {
+    "arousal": "ALTER TABLE states ADD COLUMN arousal REAL",
+    "outputs": "ALTER TABLE states ADD COLUMN outputs TEXT NOT NULL DEFAULT '{}'",
+}
 
 
 def _regular_times_ns(start_ns: int, rate_hz: float, n: int) -> np.ndarray:
@@ -162,6 +169,10 @@ class SQLiteStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._conn.execute(statement)  # IF NOT EXISTS: idempotent
+                have = {r[1] for r in self._conn.execute("PRAGMA table_info(states)")}
+                for column, alter in _STATE_MIGRATIONS.items():
+                    if column not in have:
+                        self._conn.execute(alter)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -457,13 +468,16 @@ class SQLiteStore:
                 s.model_version,
                 json.dumps(list(s.channels_used)),
                 json.dumps(s.top_features),
+                s.arousal,
+                json.dumps({"affect": s.affect, "affect_p": s.affect_p, "valence": s.valence,
+                            "not_estimated": s.not_estimated}),
             )
             for s in states
         ]
         if rows:
             self._write_many(
                 f"INSERT OR REPLACE INTO states ({_STATE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -584,7 +598,8 @@ class SQLiteStore:
 
 
 def _state_from_row(row: tuple[Any, ...]) -> StateEstimate:
-    subject, w_start, w_end, state, p_stress, reason, version, channels, top = row
+    subject, w_start, w_end, state, p_stress, reason, version, channels, top, arousal, out = row
+    outputs = json.loads(str(out))
     return StateEstimate(
         subject_id=str(subject),
         window_start_ns=int(w_start),
@@ -595,4 +610,9 @@ def _state_from_row(row: tuple[Any, ...]) -> StateEstimate:
         model_version=str(version),
         channels_used=json.loads(str(channels)),
         top_features=json.loads(str(top)),
+        arousal=None if arousal is None else float(arousal),
+        affect=outputs.get("affect"),
+        affect_p=outputs.get("affect_p") or {},
+        valence=outputs.get("valence"),
+        not_estimated=outputs.get("not_estimated") or {},
     )
