@@ -21,7 +21,7 @@ Example
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -80,6 +80,8 @@ class PersonalBaseline:
     _first_end_ns: int | None = None
     _rows: list[dict[str, float]] = field(default_factory=list)
     _median: dict[str, float] | None = None
+    _spread: dict[str, float] = field(default_factory=dict)
+    _source: str = "warm-up"
 
     @property
     def ready(self) -> bool:
@@ -95,6 +97,40 @@ class PersonalBaseline:
     def medians(self) -> dict[str, float]:
         """Baseline medians (empty until ready)."""
         return dict(self._median or {})
+
+    @property
+    def spreads(self) -> dict[str, float]:
+        """Robust spread of each feature over the baseline windows, in the units of its
+        ``rel_`` deviation (log units for log-ratio features): 1.4826 × the median absolute
+        deviation, so it estimates a standard deviation. Empty until ready; a feature with fewer
+        than 3 finite baseline values has no spread."""
+        return dict(self._spread)
+
+    @property
+    def source(self) -> str:
+        """Where the baseline came from: ``"warm-up"`` (first valid minutes) or
+        ``"calibration"`` (a labelled calibration period, see :meth:`calibrate`)."""
+        return self._source
+
+    def calibrate(self, rows: Sequence[Mapping[str, float]]) -> None:
+        """Set the baseline from the windows of a labelled calibration period (e.g. a rest the
+        wearer was asked to keep), replacing any warm-up in progress or learned before.
+
+        Raises ``ValueError`` when fewer than ``config.min_windows`` windows are given.
+
+        >>> b = PersonalBaseline(BaselineConfig(min_windows=2))
+        >>> b.calibrate([{"hr_mean_bpm": 60.0}, {"hr_mean_bpm": 64.0}])
+        >>> b.ready, b.medians["hr_mean_bpm"], b.source
+        (True, 62.0, 'calibration')
+        """
+        if len(rows) < self.config.min_windows:
+            raise ValueError(
+                f"calibration period has {len(rows)} usable windows; the baseline needs at "
+                f"least {self.config.min_windows}"
+            )
+        self._freeze([{k: float(r[k]) for k in RELATIVE_FEATURES if k in r} for r in rows])
+        self._source = "calibration"
+        self._rows.clear()
 
     def progress_s(self, end_ns: int) -> float:
         """Seconds of warm-up covered at a window ending at ``end_ns``."""
@@ -113,14 +149,23 @@ class PersonalBaseline:
             self.progress_s(end_ns) >= self.config.warmup_s
             and len(self._rows) >= self.config.min_windows
         ):
-            med: dict[str, float] = {}
-            for name in RELATIVE_FEATURES:
-                vals = np.array([r[name] for r in self._rows if name in r], dtype=float)
-                vals = vals[np.isfinite(vals)]
-                if vals.size:
-                    med[name] = float(np.median(vals))
-            self._median = med
+            self._freeze(self._rows)
             self._rows.clear()
+
+    def _freeze(self, rows: Sequence[Mapping[str, float]]) -> None:
+        med: dict[str, float] = {}
+        spread: dict[str, float] = {}
+        for name, (kind, eps) in RELATIVE_FEATURES.items():
+            vals = np.array([r[name] for r in rows if name in r], dtype=float)
+            vals = vals[np.isfinite(vals)]
+            if not vals.size:
+                continue
+            med[name] = float(np.median(vals))
+            if vals.size >= 3:
+                v = np.log(np.maximum(vals, 0.0) + eps) if kind == "logratio" else vals
+                spread[name] = float(1.4826 * np.median(np.abs(v - np.median(v))))
+        self._median = med
+        self._spread = spread
 
     def relative(self, features: Mapping[str, float]) -> dict[str, float]:
         """Deviations ``rel_<feature>`` of one window from the baseline (NaN when unknown).
