@@ -74,7 +74,7 @@ def device_id(k: int) -> str:
 def load_source(source: str | Path, *, seed: int = 0, duration_s: float | None = None
                 ) -> SignalSource:
     """``"sim"`` → a seeded simulation (``duration_s`` rounded up to whole seconds, default
-    120 s), else a recording folder.
+    120 s), else a recording folder (cut at ``duration_s`` of source time when given).
 
     Example
     -------
@@ -84,7 +84,8 @@ def load_source(source: str | Path, *, seed: int = 0, duration_s: float | None =
     if str(source) == "sim":
         # Whole seconds: NeuroKit2's EDA simulator fails on a float duration (e.g. 10.0).
         return SimulatedSource(seed=seed, duration_s=math.ceil(duration_s or 120))
-    return RecordingSource(Path(source))
+    recording = RecordingSource(Path(source))
+    return recording if duration_s is None else recording.cut(duration_s)
 
 
 @dataclass
@@ -250,16 +251,9 @@ async def run_virtual(config: VirtualRunConfig) -> RunReport:
                 await vw.start()
             for dl in links:
                 link_tasks.append(asyncio.create_task(dl.run(link_stop)))
-            finished = asyncio.gather(*(vw.wait_finished() for vw in wearables))
-            # A simulation is exactly duration_s long; a recording is cut at duration_s.
-            limit = (None if config.duration_s is None or str(config.source) == "sim"
-                     else config.duration_s / config.speed)
-            try:
-                await asyncio.wait_for(finished, limit)
-            except TimeoutError:
-                logger.info("duration reached: stopping the wearables")
-                for vw in wearables:
-                    await vw.stop()
+            # Every source is exactly duration_s long (load_source cuts recordings), so the
+            # wearables finish by themselves, having sent exactly what the source holds.
+            await asyncio.gather(*(vw.wait_finished() for vw in wearables))
             drained = await _finish(links, link_tasks, link_stop, uplink, uplink_task,
                                     uplink_stop, config.drain_timeout_s)
         finally:

@@ -99,6 +99,35 @@ class SignalSource:
             ends.append(float(self.beats.end_s[-1]))
         return max(ends, default=0.0)
 
+    def cut(self, duration_s: float) -> SignalSource:
+        """A copy holding only the samples and beats before ``duration_s`` (source time).
+
+        A replay cut this way ends by itself, after exactly the samples it holds, where a
+        wall-clock stop would depend on how far ahead the wearable had sent.
+
+        Example
+        -------
+        >>> src = SimulatedSource(seed=1, duration_s=20).cut(10.5)
+        >>> src.signals[Channel.PPG].n_samples, src.signals[Channel.EDA].n_samples
+        (672, 42)
+        """
+
+        def keep(sig: RegularSignal) -> RegularSignal:
+            n = int(np.clip(np.ceil((duration_s - sig.start_offset_s) * sig.rate_hz - 1e-9),
+                            0, sig.n_samples))
+            return RegularSignal(sig.values[:n], sig.rate_hz, sig.start_offset_s)
+
+        beats = None
+        if self.beats is not None:
+            m = self.beats.end_s < duration_s
+            beats = BeatSeries(self.beats.end_s[m], self.beats.ibi_ms[m])
+        return SignalSource(
+            signals={ch: keep(sig) for ch, sig in self.signals.items()},
+            hr=None if self.hr is None else keep(self.hr),
+            beats=beats,
+            start_unix=self.start_unix,
+        )
+
 
 _E4_FILES: dict[Channel, str] = {
     Channel.PPG: "BVP", Channel.EDA: "EDA", Channel.TEMP: "TEMP", Channel.ACC: "ACC",
