@@ -7,6 +7,7 @@ one.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -15,9 +16,12 @@ import pytest
 import simdata
 from simdata import T0, S
 
+from wearemo.datasets import load_recording
+from wearemo.datasets.e4 import LabelSegment
 from wearemo.features import WindowConfig
 from wearemo.model import StressModel, load_model
-from wearemo.pipeline import Pipeline
+from wearemo.model.baseline import RELATIVE_FEATURES, BaselineConfig
+from wearemo.pipeline import BaselineStatus, CalibrationError, Pipeline, UnknownSubjectError
 from wearemo.samples import Channel, SampleBatch
 from wearemo.store import SQLiteStore
 
@@ -189,3 +193,175 @@ def test_flush_closes_pending_windows(tmp_path: Path, model: StressModel,
         assert flushed.windows == flushed.states == 2  # ends 60 and 65 s (newest sample 69.98 s)
         assert [s.window_end_ns for s in store.states("s1")] == [T0 + 60 * S, T0 + 65 * S]
         assert pipeline.flush("s1").windows == 0
+
+
+# -- calibration period (personal baseline from a labelled rest) ---------------------------------
+
+EXCERPT = (Path(__file__).resolve().parents[1] / "firmware_bridge" / "virtual_wearable" / "data"
+           / "stress-predict-S02-excerpt")
+
+
+@pytest.fixture(scope="module")
+def excerpt() -> tuple[list[SampleBatch], LabelSegment, list[int]]:
+    """The real S02 excerpt as batches, its first rest, and the batch indices that split it:
+    up to 60 s after the rest (calibrate there), then 200 s on (restart there), then the end."""
+    rec = load_recording(EXCERPT, subject_id="s02")
+    batches = list(rec.iter_batches())
+    rest = rec.labels[0]
+    assert rest.task == "rest" and rest.label == "non_stress"
+    cuts = [next(i for i, b in enumerate(batches) if b.start_ns >= rest.end_ns + t * S)
+            for t in (60, 260)]
+    return batches, rest, cuts
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(
+    tmp_path_factory: pytest.TempPathFactory, model: StressModel, excerpt: tuple
+) -> tuple[BaselineStatus, list, list, int]:
+    """One uninterrupted run calibrated on the first rest: (status, states, windows, last window
+    end before the calibration)."""
+    batches, rest, (a, _) = excerpt
+    with SQLiteStore(tmp_path_factory.mktemp("cal") / "w.sqlite3") as store:
+        pipeline = Pipeline(store, model)
+        pipeline.ingest(batches[:a])
+        before = store.latest_state("s02")
+        assert before is not None
+        status = pipeline.calibrate("s02", rest.start_ns, rest.end_ns)
+        pipeline.ingest(batches[a:])
+        return status, store.states("s02"), store.windows("s02"), before.window_end_ns
+
+
+def _gated_rows(model: StressModel, windows: list) -> list[dict[str, float]]:
+    est = model.for_subject("s02")  # a fresh estimator's gate
+    return [f for f, _ in map(est._usable, windows) if f is not None]
+
+
+def test_calibration_sets_the_baseline_and_later_states_use_it(
+    model: StressModel, excerpt: tuple, calibrated_run: tuple
+) -> None:
+    _, rest, _ = excerpt
+    status, states, windows, calibrated_at = calibrated_run
+    period = [w for w in windows if rest.start_ns <= w.end_ns < rest.end_ns]
+    rows = _gated_rows(model, period)
+    assert len(period) == 63 and len(rows) == 51  # motion windows of the rest do not count
+    assert status.source == "calibration" and status.ready
+    cal = status.calibration
+    assert cal is not None and (cal.start_ns, cal.end_ns) == (rest.start_ns, rest.end_ns)
+    assert cal.windows_used == 51 and cal.windows_through_ns == period[-1].end_ns
+    # ground truth: the median of each feature over the gated windows, computed here directly
+    expected = {}
+    for name in RELATIVE_FEATURES:
+        vals = np.array([r[name] for r in rows if name in r], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        if vals.size:
+            expected[name] = float(np.median(vals))
+    assert expected and status.medians == pytest.approx(expected, rel=1e-12)
+    # states before the calibration came from the warm-up baseline, later ones from the rest
+    warm = model.for_subject("s02")
+    calibrated = model.for_subject("s02")
+    assert calibrated.calibrate(period) == 51
+    differ = 0
+    for w, s in zip(windows, states, strict=True):
+        ref = warm.update(w)
+        if w.end_ns > calibrated_at:
+            cal_ref = calibrated.update(w)
+            assert (s.state, s.reason, s.top_features) == (
+                cal_ref.state, cal_ref.reason, cal_ref.top_features)
+            assert s.p_stress == pytest.approx(cal_ref.p_stress, abs=1e-12)
+            differ += s.p_stress is not None and s.p_stress != pytest.approx(ref.p_stress)
+        else:
+            assert s.p_stress == pytest.approx(ref.p_stress, abs=1e-12) and s.reason == ref.reason
+    assert warm.baseline.ready and warm.baseline.source == "warm-up"
+    assert set(warm.baseline.medians) == set(status.medians)
+    assert warm.baseline.medians != pytest.approx(status.medians)  # two different baselines
+    assert differ > 10, differ  # and the calibration changed what the service says
+
+
+def test_restart_after_calibration_gives_the_same_states(
+    tmp_path: Path, model: StressModel, excerpt: tuple, calibrated_run: tuple
+) -> None:
+    batches, rest, (a, b) = excerpt
+    status, ref_states, _, _ = calibrated_run
+    path = tmp_path / "w.sqlite3"
+    with SQLiteStore(path) as store:
+        pipeline = Pipeline(store, model)
+        pipeline.ingest(batches[:a])
+        pipeline.calibrate("s02", rest.start_ns, rest.end_ns)
+        pipeline.ingest(batches[a:b])
+    with SQLiteStore(path) as store:  # a new process: the baseline comes from the stored period
+        pipeline = Pipeline(store, model)
+        after = pipeline.baseline("s02")
+        assert after.source == "calibration"
+        assert (after.medians, after.spreads) == (status.medians, status.spreads)
+        assert after.calibration is not None and after.calibration.windows_used == 51
+        pipeline.ingest(batches[b:])
+        got = store.states("s02")
+    assert [(s.window_end_ns, s.state, s.reason, s.top_features) for s in got] == [
+        (s.window_end_ns, s.state, s.reason, s.top_features) for s in ref_states]
+    np.testing.assert_allclose([s.p_stress if s.p_stress is not None else -1 for s in got],
+                               [s.p_stress if s.p_stress is not None else -1 for s in ref_states],
+                               atol=1e-12)
+
+
+def test_calibration_errors_change_nothing(
+    tmp_path: Path, model: StressModel, batches: list[SampleBatch]
+) -> None:
+    with SQLiteStore(tmp_path / "w.sqlite3") as store:
+        pipeline = Pipeline(store, model)
+        with pytest.raises(UnknownSubjectError, match="unknown subject 'nobody'"):
+            pipeline.calibrate("nobody", T0, T0 + 60 * S)
+        with pytest.raises(UnknownSubjectError):
+            pipeline.baseline("nobody")
+        pipeline.ingest(batches[:28])  # 140 s: windows end at 60..130 s
+        before = pipeline.baseline("s1")
+        assert before.source == "warm-up" and not before.ready and before.medians == {}
+        assert before.warmup_covered_s == 70.0 and before.warmup_windows == 15
+        assert (before.warmup_s, before.min_windows) == (240.0, 12)
+        with pytest.raises(CalibrationError, match="must be after start"):
+            pipeline.calibrate("s1", T0 + 60 * S, T0 + 60 * S)
+        with pytest.raises(CalibrationError) as err:
+            pipeline.calibrate("s1", T0, T0 + 100 * S)  # windows end at 60..95 s: 8 of 12
+        assert "has 8 usable windows; the baseline needs at least 12" in str(err.value)
+        assert "8 windows of this subject end in the period" in str(err.value)
+        assert pipeline.baseline("s1") == before and store.calibration("s1") is None
+        # the same windows, once enough of them: accepted, and the warm-up is over
+        cal = pipeline.calibrate("s1", T0, T0 + 200 * S)
+        assert cal.ready and cal.source == "calibration" and cal.calibration is not None
+        assert cal.calibration.windows_used == 15
+        assert cal.calibration.windows_through_ns == T0 + 130 * S
+        assert abs(cal.medians["hr_mean_bpm"] - HR_BPM) < 2.0  # simulated 70 bpm
+        assert store.calibration("s1") == cal.calibration
+
+
+def test_a_calibration_replaces_the_earlier_one(
+    tmp_path: Path, model: StressModel, batches: list[SampleBatch]
+) -> None:
+    with SQLiteStore(tmp_path / "w.sqlite3") as store:
+        pipeline = Pipeline(store, model)
+        pipeline.ingest(batches)  # windows end at 60..350 s
+        first = pipeline.calibrate("s1", T0, T0 + 150 * S)
+        second = pipeline.calibrate("s1", T0 + 200 * S, T0 + 400 * S)
+        assert first.calibration is not None and first.calibration.windows_used == 18
+        assert second.calibration is not None and second.calibration.windows_used == 31
+        # a period reaching past the stored windows counts only those stored (ends 200..350 s)
+        assert second.calibration.windows_through_ns == T0 + 350 * S
+        assert store.calibration("s1") == second.calibration
+        assert pipeline.baseline("s1") == second
+        assert abs(second.medians["hr_mean_bpm"] - HR_BPM) < 2.0  # simulated 70 bpm
+
+
+def test_stored_calibration_the_model_no_longer_accepts_falls_back_to_warm_up(
+    tmp_path: Path, model: StressModel, batches: list[SampleBatch],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = tmp_path / "w.sqlite3"
+    with SQLiteStore(path) as store:
+        pipeline = Pipeline(store, model)
+        pipeline.ingest(batches[:40])
+        pipeline.calibrate("s1", T0, T0 + 200 * S)
+    stricter = dataclasses.replace(model, baseline=BaselineConfig(min_windows=100))
+    with SQLiteStore(path) as store, caplog.at_level("WARNING"):
+        status = Pipeline(store, stricter).baseline("s1")
+        assert status.source == "warm-up" and status.calibration is None and not status.ready
+        assert "no longer gives a baseline" in caplog.text
+        assert store.calibration("s1") is not None  # kept: the old model could use it again

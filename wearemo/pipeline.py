@@ -6,9 +6,10 @@ One :class:`Pipeline` serves every subject. The first batch of a subject creates
 rebuilt from the store, so nothing the service said before is lost or contradicted:
 
 * ordering marks come from ``store.last_sample_ns``;
-* the personal baseline is re-learned by replaying the stored windows, in order, through
-  ``SubjectEstimator.assess`` (the baseline only learns during warm-up, so the replay stops as
-  soon as it is ready);
+* the personal baseline is rebuilt from the stored calibration period when the subject has one
+  (:meth:`Pipeline.calibrate`, the same stored windows through the same gate), else re-learned
+  by replaying the stored windows, in order, through ``SubjectEstimator.assess`` (the baseline
+  only learns during warm-up, so the replay stops as soon as it is ready);
 * the stream is re-filled with the stored batches of the last ``SubjectStream.history_s``
   seconds (open windows, lateness, and the beat/EDA trackers' latency and context); windows
   it re-emits that are already stored are dropped, and windows that were never stored (e.g.
@@ -32,9 +33,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Literal
 
 from threadpoolctl import ThreadpoolController
 
@@ -43,13 +46,59 @@ from wearemo.ingest import BatchResult, BatchStatus, IngestReport, OrderTracker
 from wearemo.model import StateEstimate, StressModel, SubjectEstimator
 from wearemo.samples import Channel, SampleBatch
 from wearemo.store import BatchConflictError, StateStore
+from wearemo.store.base import Calibration
 
-__all__ = ["Pipeline"]
+__all__ = ["BaselineStatus", "CalibrationError", "Pipeline", "UnknownSubjectError"]
 
 log = logging.getLogger(__name__)
 
 _NS = 1_000_000_000
 _REPLAY_PAGE = 1000
+_MAX_WINDOWS = 1_000_000
+
+
+class UnknownSubjectError(LookupError):
+    """The store holds no data of the subject."""
+
+
+class CalibrationError(ValueError):
+    """A calibration period that cannot set the baseline; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineStatus:
+    """A subject's personal baseline as the pipeline uses it now.
+
+    Attributes
+    ----------
+    subject_id
+        The subject.
+    source
+        ``"warm-up"`` (learned from the first valid minutes) or ``"calibration"`` (from a
+        labelled calibration period, see :meth:`Pipeline.calibrate`).
+    ready
+        Whether states are estimated against it (``False`` while the warm-up is in progress).
+    medians, spreads
+        Per feature: the baseline median (feature units) and robust spread (units of the
+        ``rel_`` deviation); empty until ready.
+    calibration
+        The calibration period in use (``None`` for the warm-up).
+    warmup_covered_s, warmup_s
+        Seconds of warm-up covered so far (up to the latest stored window) and needed.
+    warmup_windows, min_windows
+        Valid windows collected during the warm-up so far and the fewest the baseline needs.
+    """
+
+    subject_id: str
+    source: Literal["warm-up", "calibration"]
+    ready: bool
+    medians: dict[str, float]
+    spreads: dict[str, float]
+    calibration: Calibration | None
+    warmup_covered_s: float
+    warmup_s: float
+    warmup_windows: int
+    min_windows: int
 
 
 @dataclass(slots=True)
@@ -161,6 +210,95 @@ class Pipeline:
                     self._emit(sub, sub.stream.flush(), report)
         return report
 
+    def calibrate(self, subject_id: str, start_ns: int, end_ns: int) -> BaselineStatus:
+        """Set a subject's personal baseline from a labelled calibration period.
+
+        The baseline becomes the median of the subject's stored feature windows whose end lies
+        in ``[start_ns, end_ns)`` and that pass the model's gate (windows withheld for missing
+        channels, poor signal or motion do not count). States computed from then on use it;
+        states already stored stay as they were. The period is stored and replaces any earlier
+        calibration, and a restart rebuilds the same baseline from it. On an error nothing
+        changes.
+
+        Parameters
+        ----------
+        subject_id
+            A subject with stored data.
+        start_ns, end_ns
+            The period (unix ns, on window end times); its data must already be ingested.
+
+        Returns
+        -------
+        BaselineStatus
+            The new baseline, with the stored :class:`~wearemo.store.base.Calibration`.
+
+        Raises
+        ------
+        UnknownSubjectError
+            The store has no data of the subject.
+        CalibrationError
+            ``end_ns <= start_ns``, a model without personal baseline, or fewer usable windows
+            in the period than the baseline needs (the message gives both numbers).
+
+        Example
+        -------
+        >>> rest = pipeline.calibrate("s1", t0, t0 + 300 * 10**9)  # doctest: +SKIP
+        >>> rest.source, rest.calibration.windows_used               # doctest: +SKIP
+        ('calibration', 49)
+        """
+        if end_ns <= start_ns:
+            raise CalibrationError(f"end ({end_ns} ns) must be after start ({start_ns} ns)")
+        with self._lock_of(subject_id), self._inner_threads():
+            if not self.store.has_subject(subject_id):
+                raise UnknownSubjectError(f"unknown subject {subject_id!r}")
+            sub = self._subject(subject_id)
+            if not sub.estimator.baseline.config.personal:
+                raise CalibrationError(
+                    f"model {self.model.version} uses no personal baseline; nothing to calibrate"
+                )
+            windows = self.store.windows(
+                subject_id, start_ns=start_ns, end_ns=end_ns, limit=_MAX_WINDOWS
+            )
+            try:
+                # Raises before touching the baseline when too few windows are usable.
+                used = sub.estimator.calibrate(windows)
+            except ValueError as exc:
+                raise CalibrationError(
+                    f"{exc} ({len(windows)} windows of this subject end in the period; windows "
+                    "withheld for missing channels, poor signal or motion do not count)"
+                ) from exc
+            record = Calibration(
+                subject_id=subject_id, start_ns=start_ns, end_ns=end_ns,
+                windows_through_ns=windows[-1].end_ns if windows else start_ns,
+                windows_used=used,
+                created_ns=time.time_ns(),
+            )
+            try:
+                self.store.set_calibration(record)
+            except Exception:
+                # The baseline in memory is no longer the stored one: rebuild it next time.
+                self._subjects.pop(subject_id, None)
+                raise
+            return self._status(sub, record)
+
+    def baseline(self, subject_id: str) -> BaselineStatus:
+        """The personal baseline a subject's states are estimated against now.
+
+        Raises :class:`UnknownSubjectError` when the store has no data of the subject.
+
+        Example
+        -------
+        >>> b = pipeline.baseline("s1")                        # doctest: +SKIP
+        >>> b.source, b.ready, round(b.medians["hr_mean_bpm"])  # doctest: +SKIP
+        ('warm-up', True, 71)
+        """
+        with self._lock_of(subject_id), self._inner_threads():
+            if not self.store.has_subject(subject_id):
+                raise UnknownSubjectError(f"unknown subject {subject_id!r}")
+            sub = self._subject(subject_id)
+            calibrated = sub.estimator.baseline.source == "calibration"
+            return self._status(sub, self.store.calibration(subject_id) if calibrated else None)
+
     def subject_lock(self, subject_id: str) -> threading.Lock:
         """The lock serializing work on one subject (for callers that read-modify-write)."""
         return self._lock_of(subject_id)
@@ -235,6 +373,41 @@ class Pipeline:
         report.windows += len(windows)
         report.states += len(states)
 
+    def _status(self, sub: _Subject, calibration: Calibration | None) -> BaselineStatus:
+        b = sub.estimator.baseline
+        latest = self.store.latest_state(sub.estimator.subject_id)
+        return BaselineStatus(
+            subject_id=sub.estimator.subject_id,
+            source="calibration" if b.source == "calibration" else "warm-up",
+            ready=b.ready,
+            medians=b.medians,
+            spreads=b.spreads,
+            calibration=calibration,
+            warmup_covered_s=0.0 if latest is None else b.progress_s(latest.window_end_ns),
+            warmup_s=b.config.warmup_s,
+            warmup_windows=b.n_windows,
+            min_windows=b.config.min_windows,
+        )
+
+    def _restore_calibration(self, estimator: SubjectEstimator) -> bool:
+        """Rebuild the baseline from the stored calibration period; ``False`` if none works."""
+        cal = self.store.calibration(estimator.subject_id)
+        if cal is None:
+            return False
+        end_ns = min(cal.end_ns, cal.windows_through_ns + 1)  # windows stored later don't count
+        windows = self.store.windows(
+            estimator.subject_id, start_ns=cal.start_ns, end_ns=end_ns, limit=_MAX_WINDOWS
+        )
+        try:
+            estimator.calibrate(windows)
+        except ValueError as exc:  # e.g. a newer model with a stricter gate
+            log.warning(
+                "stored calibration of %r no longer gives a baseline (%s); using the warm-up",
+                estimator.subject_id, exc,
+            )
+            return False
+        return True
+
     def _subject(self, subject_id: str) -> _Subject:
         sub = self._subjects.get(subject_id)
         if sub is None:
@@ -251,7 +424,9 @@ class Pipeline:
         }
         if not lasts:
             return sub
-        # 1. Personal baseline: replay stored windows in order until it is learned.
+        # 1. Personal baseline: from the calibration period, else replay the stored windows in
+        #    order until the warm-up has learned it.
+        self._restore_calibration(estimator)
         start: int | None = None
         while not estimator.baseline.ready:
             page = self.store.windows(subject_id, start_ns=start, limit=_REPLAY_PAGE)

@@ -22,6 +22,8 @@ from wearemo.store import (
     batch_digest,
     open_store,
 )
+from wearemo.store.base import Calibration
+from wearemo.store.sqlite import SCHEMA_VERSION
 
 T0 = 1_700_000_000_000_000_000
 S = 1_000_000_000
@@ -273,3 +275,48 @@ def test_opens_schema_1_file_and_keeps_its_states(tmp_path: Path) -> None:
         assert old.not_estimated == {}
         s.add_states([old.model_copy(update={"window_end_ns": 120, "arousal": 0.4})])
         assert s.latest_state("s1").arousal == 0.4  # type: ignore[union-attr]
+
+
+def calibration(subject: str = "s1", *, start_s: int = 0, used: int = 51) -> Calibration:
+    return Calibration(subject_id=subject, start_ns=T0 + start_s * S,
+                       end_ns=T0 + (start_s + 372) * S, windows_through_ns=T0 + (start_s + 371) * S,
+                       windows_used=used, created_ns=T0 + 999 * S)
+
+
+def test_calibration_round_trips_replaces_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite3"
+    with SQLiteStore(path) as s:
+        assert s.calibration("s1") is None
+        s.set_calibration(calibration())
+        s.set_calibration(calibration("s2", used=12))
+        assert s.calibration("s1") == calibration()
+        s.set_calibration(calibration(start_s=600, used=40))  # a new calibration replaces it
+        assert s.calibration("s1") == calibration(start_s=600, used=40)
+    with SQLiteStore(path) as s:
+        assert s.calibration("s1") == calibration(start_s=600, used=40)
+        assert s.calibration("s2") == calibration("s2", used=12)
+        assert s.subject_ids() == []  # a calibration alone does not make a subject
+
+
+def test_calibration_rejects_negative_counts() -> None:
+    with pytest.raises(ValueError, match="windows_used"):
+        calibration(used=-1)
+
+
+def test_opens_schema_2_file_and_adds_calibrations(tmp_path: Path) -> None:
+    # A store written before calibrations existed (schema 2) gains the table, keeps its data.
+    path = tmp_path / "old.db"
+    with SQLiteStore(path) as s:
+        s.add_states([state(60)])
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE calibrations")
+    conn.execute("PRAGMA user_version=2")
+    conn.commit()
+    conn.close()
+    with SQLiteStore(path) as s:
+        assert s.latest_state("s1") == state(60)
+        assert s.calibration("s1") is None
+        s.set_calibration(calibration())
+        assert s.calibration("s1") == calibration()
+    with sqlite3.connect(path) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3

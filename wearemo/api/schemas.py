@@ -9,15 +9,17 @@ Example
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from wearemo.model.state import StateEstimate
 from wearemo.samples import SampleBatch
 from wearemo.store.base import SubjectSummary
 
 __all__ = [
+    "BaselineRequest",
+    "BaselineResponse",
     "BatchOutcome",
     "ConflictDetail",
     "ConflictResponse",
@@ -30,6 +32,7 @@ __all__ = [
     "SubjectSummary",
     "ValidationIssue",
     "ValidationResponse",
+    "WarmupProgress",
 ]
 
 
@@ -116,3 +119,77 @@ class ReadyResponse(BaseModel):
     status: Literal["ready", "unavailable"]
     store: str
     model_version: str
+
+
+def _time_text(value: object) -> object:
+    # Numbers become their shortest exact decimal text, parsed like the query times; bool is
+    # an int to Python but never a time.
+    if isinstance(value, bool):
+        raise ValueError("expected unix seconds or ISO-8601 text, got a boolean")
+    if isinstance(value, int | float):
+        return repr(value)
+    return value
+
+
+#: A time in a JSON body: unix seconds (number or text) or ISO-8601 text, as the query times.
+BodyTime = Annotated[
+    str,
+    BeforeValidator(_time_text),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "number"}, {"type": "string"}],
+            "description": "Unix seconds (e.g. 1700000000.5) or ISO-8601 (e.g. "
+            "2023-11-14T22:13:20Z; no offset means UTC).",
+            "examples": [1700000000, "2023-11-14T22:13:20Z"],
+        }
+    ),
+]
+
+
+class BaselineRequest(BaseModel):
+    """``PUT /v1/subjects/{subject_id}/baseline`` body: the calibration period, on window ends.
+
+    The subject's data over the period must already be ingested; its stored windows that pass
+    the model's gate form the baseline.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: BodyTime
+    end: BodyTime
+
+
+class WarmupProgress(BaseModel):
+    """How far the warm-up baseline is (reported while it is not ready)."""
+
+    covered_s: float = Field(description="Seconds of valid data covered so far.")
+    needed_s: float = Field(description="Seconds the warm-up spans.")
+    windows: int = Field(description="Valid windows collected so far.")
+    min_windows: int = Field(description="Fewest valid windows the baseline needs.")
+
+
+class BaselineResponse(BaseModel):
+    """A subject's personal baseline: what its states are expressed against."""
+
+    subject_id: str
+    source: Literal["warm-up", "calibration"] = Field(
+        description="'warm-up': learned from the first valid minutes; 'calibration': from the "
+        "labelled calibration period below."
+    )
+    ready: bool = Field(description="False while the warm-up is in progress (states withheld).")
+    start_ns: int | None = Field(None, description="Calibration period start (unix ns).")
+    end_ns: int | None = Field(None, description="Calibration period end (unix ns, exclusive).")
+    windows_used: int | None = Field(
+        None, description="Windows of the calibration period that passed the gate."
+    )
+    created_ns: int | None = Field(None, description="When the calibration was made (unix ns).")
+    medians: dict[str, float] = Field(
+        description="Baseline median of each feature, in the feature's unit; empty until ready."
+    )
+    spreads: dict[str, float] = Field(
+        description="Robust spread (1.4826 x MAD) of each feature in the units of its deviation "
+        "(log units for HRV and skin conductance level); empty until ready."
+    )
+    warmup: WarmupProgress | None = Field(
+        None, description="Warm-up progress, while the baseline is not ready."
+    )

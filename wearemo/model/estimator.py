@@ -167,6 +167,24 @@ class SubjectEstimator:
             inputs[name] = features.get(name, math.nan)
         return inputs, None
 
+    def calibrate(self, windows: Sequence[FeatureWindow]) -> int:
+        """Set the personal baseline from the windows of a labelled calibration period.
+
+        The windows pass the same gate as live use: withheld ones (missing channels, poor
+        signal, motion) do not count. Returns how many windows were used; raises
+        ``ValueError`` (baseline unchanged) when fewer than ``min_windows`` are usable.
+
+        Example
+        -------
+        >>> est = SubjectEstimator("s1", classifier=None, feature_names=[], version="none")
+        >>> est.calibrate([])
+        Traceback (most recent call last):
+        ValueError: calibration period has 0 usable windows; the baseline needs at least 12
+        """
+        rows = [f for f, _ in map(self._usable, windows) if f is not None]
+        self.baseline.calibrate(rows)
+        return len(rows)
+
     def update(self, window: FeatureWindow) -> StateEstimate:
         """Estimate the state for the next window of this subject."""
         inputs, reason = self.assess(window)

@@ -1,7 +1,8 @@
 """The :class:`StateStore` protocol every storage backend implements.
 
 A store keeps three kinds of record per subject: raw sample batches (with their batch ids, so
-idempotency survives restarts), feature windows and state estimates. Times are unix
+idempotency survives restarts), feature windows and state estimates; plus, per subject, the
+latest personal-baseline calibration period (:class:`Calibration`). Times are unix
 nanoseconds; windows and states are stamped at the window end and queried on it over the
 half-open range ``[start_ns, end_ns)``.
 
@@ -28,6 +29,7 @@ from wearemo.samples import Channel, ChannelSamples, SampleBatch
 
 __all__ = [
     "BatchConflictError",
+    "Calibration",
     "StateStore",
     "SubjectSummary",
     "batch_digest",
@@ -37,6 +39,45 @@ __all__ = [
 class BatchConflictError(ValueError):
     """A batch id was re-sent with different content (a client bug, never silently merged)."""
 
+
+
+class Calibration(BaseModel):
+    """A labelled calibration period that sets a subject's personal baseline.
+
+    The baseline is the median (and robust spread) of the stored feature windows whose end
+    lies in ``[start_ns, end_ns)`` and that pass the model's gate. Only windows stored when the
+    calibration was made count (their last end is ``windows_through_ns``), so windows stored
+    later inside the period never change it, and a restart rebuilds exactly the same baseline.
+
+    Attributes
+    ----------
+    subject_id
+        The subject.
+    start_ns, end_ns
+        The period (unix ns), on window end times, half-open.
+    windows_through_ns
+        End of the last window of the period stored at calibration time.
+    windows_used
+        Windows that passed the gate and formed the baseline.
+    created_ns
+        When the calibration was made (unix ns).
+
+    Example
+    -------
+    >>> c = Calibration(subject_id="s1", start_ns=0, end_ns=600 * 10**9,
+    ...                 windows_through_ns=595 * 10**9, windows_used=100, created_ns=1)
+    >>> c.windows_used
+    100
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    subject_id: str
+    start_ns: int = Field(ge=0)
+    end_ns: int = Field(ge=0)
+    windows_through_ns: int = Field(ge=0)
+    windows_used: int = Field(ge=0)
+    created_ns: int = Field(ge=0)
 
 
 class SubjectSummary(BaseModel):
@@ -181,6 +222,14 @@ class StateStore(Protocol):
 
     def last_sample_ns(self, subject_id: str, channel: Channel) -> int | None:
         """Time of the latest stored sample of a subject's channel, or ``None``."""
+        ...
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Store a subject's calibration period, replacing any earlier one of that subject."""
+        ...
+
+    def calibration(self, subject_id: str) -> Calibration | None:
+        """The subject's latest calibration period, or ``None``."""
         ...
 
     def ping(self) -> bool:

@@ -1,6 +1,6 @@
 """Embedded SQLite store: the zero set-up default :class:`~wearemo.store.base.StateStore`.
 
-Layout (schema version 1):
+Layout (schema version 3):
 
 ``batches``
     One row per ``SampleBatch``: ids, channel, ``start_ns``/``end_ns``, ``rate_hz`` or an
@@ -16,6 +16,13 @@ Layout (schema version 1):
     Feature windows, keyed on ``(subject_id, end_ns)``; the variable parts as JSON.
 ``states``
     State estimates with every field, keyed on ``(subject_id, window_end_ns)``.
+``calibrations``
+    The latest personal-baseline calibration period of each subject, keyed on ``subject_id``.
+
+Older files are upgraded in place when opened: schema 2 added the states' arousal and affect
+columns, schema 3 the ``calibrations`` table. Version 3 is not optional for older wearemo: it
+would ignore a subject's calibration and silently fall back to the warm-up baseline, so it
+refuses the file instead.
 
 The database runs in WAL mode with ``synchronous=NORMAL`` (a commit survives a process crash;
 a power cut may lose the last transactions but never corrupts the file). One connection is
@@ -45,11 +52,11 @@ import numpy as np
 from wearemo.features.window import FeatureWindow
 from wearemo.model.state import StateEstimate
 from wearemo.samples import CHANNEL_AXES, Channel, ChannelSamples, SampleBatch
-from wearemo.store.base import BatchConflictError, SubjectSummary, batch_digest
+from wearemo.store.base import BatchConflictError, Calibration, SubjectSummary, batch_digest
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -100,6 +107,14 @@ CREATE TABLE IF NOT EXISTS states (
     outputs         TEXT    NOT NULL DEFAULT '{}',
     PRIMARY KEY (subject_id, window_end_ns)
 );
+CREATE TABLE IF NOT EXISTS calibrations (
+    subject_id         TEXT    NOT NULL PRIMARY KEY,
+    start_ns           INTEGER NOT NULL,
+    end_ns             INTEGER NOT NULL,
+    windows_through_ns INTEGER NOT NULL,
+    windows_used       INTEGER NOT NULL,
+    created_ns         INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 _STATE_COLUMNS = (
@@ -509,6 +524,41 @@ class SQLiteStore:
                 [subject_id, *args, int(limit)],
             ).fetchall()
         return [_state_from_row(r) for r in rows]
+
+    # -- calibrations -----------------------------------------------------------------------
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Store a subject's calibration period, replacing any earlier one of that subject.
+
+        Example
+        -------
+        >>> s = SQLiteStore(":memory:")
+        >>> s.set_calibration(Calibration(subject_id="s1", start_ns=0, end_ns=10, windows_used=12,
+        ...                               windows_through_ns=5, created_ns=1))
+        >>> s.calibration("s1").windows_used, s.calibration("s2")
+        (12, None)
+        """
+        c = calibration
+        self._write_many(
+            "INSERT OR REPLACE INTO calibrations (subject_id, start_ns, end_ns, "
+            "windows_through_ns, windows_used, created_ns) VALUES (?, ?, ?, ?, ?, ?)",
+            [(c.subject_id, c.start_ns, c.end_ns, c.windows_through_ns, c.windows_used,
+              c.created_ns)],
+        )
+
+    def calibration(self, subject_id: str) -> Calibration | None:
+        """The subject's latest calibration period, or ``None``."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT start_ns, end_ns, windows_through_ns, windows_used, created_ns "
+                "FROM calibrations WHERE subject_id = ?",
+                (subject_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        start, end, through, used, created = (int(v) for v in row)
+        return Calibration(subject_id=subject_id, start_ns=start, end_ns=end,
+                           windows_through_ns=through, windows_used=used, created_ns=created)
 
     # -- subjects ---------------------------------------------------------------------------
 

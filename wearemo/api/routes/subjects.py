@@ -1,16 +1,25 @@
-"""Subjects, their latest state and their state history."""
+"""Subjects, their latest state, their state history and their personal baseline."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
 
-from wearemo.api.deps import KnownSubject, StoreDep
-from wearemo.api.schemas import ErrorResponse, StateEstimate, SubjectSummary
+from wearemo.api.deps import KnownSubject, PipelineDep, StoreDep
+from wearemo.api.schemas import (
+    BaselineRequest,
+    BaselineResponse,
+    ErrorResponse,
+    StateEstimate,
+    SubjectSummary,
+    ValidationResponse,
+    WarmupProgress,
+)
+from wearemo.pipeline import BaselineStatus, CalibrationError, UnknownSubjectError
 
 __all__ = ["parse_time_ns", "router"]
 
@@ -33,8 +42,10 @@ TimeParam = Annotated[
 ]
 
 
-def parse_time_ns(value: str, *, name: str) -> int:
+def parse_time_ns(value: str, *, name: str, source: Literal["query", "body"] = "query") -> int:
     """Parse a query time (unix seconds or ISO-8601) to unix ns; 422 naming ``name`` if bad.
+
+    ``source`` says where the value came from, for the location of the 422.
 
     Example
     -------
@@ -47,19 +58,24 @@ def parse_time_ns(value: str, *, name: str) -> int:
         try:
             dt = datetime.fromisoformat(value)
         except ValueError:
-            raise _query_error(
-                name, f"{name}: {value!r} is neither unix seconds nor an ISO-8601 time"
+            raise _request_error(
+                name, f"{name}: {value!r} is neither unix seconds nor an ISO-8601 time", source
             ) from None
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
         seconds = Decimal((dt - _EPOCH) // timedelta(microseconds=1)) / 1_000_000
     if not seconds.is_finite() or not 0 <= seconds < _MAX_SECONDS:
-        raise _query_error(name, f"{name}: {value!r} is outside the representable time range")
+        raise _request_error(
+            name, f"{name}: {value!r} is outside the representable time range", source
+        )
     return int((seconds * 1_000_000_000).to_integral_value())
 
 
-def _query_error(name: str, msg: str) -> RequestValidationError:
-    return RequestValidationError([{"type": "value_error", "loc": ("query", name), "msg": msg}])
+def _request_error(
+    name: str, msg: str, source: Literal["query", "body"] = "query"
+) -> RequestValidationError:
+    loc = (source, name) if name else (source,)
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg}])
 
 
 @router.get("")
@@ -110,9 +126,79 @@ def state_history(
     start_ns = None if start is None else parse_time_ns(start, name="start")
     end_ns = None if end is None else parse_time_ns(end, name="end")
     if start_ns is not None and end_ns is not None and start_ns > end_ns:
-        raise _query_error("start", f"start ({start}) is after end ({end})")
+        raise _request_error("start", f"start ({start}) is after end ({end})")
     states = store.states(subject_id, start_ns=start_ns, end_ns=end_ns, limit=limit)
     if len(states) == limit:
         nxt = states[-1].window_end_ns + 1  # exact decimal seconds: a float would lose the 1 ns
         response.headers["X-Next-Start"] = f"{nxt // 1_000_000_000}.{nxt % 1_000_000_000:09d}"
     return states
+
+
+_BASELINE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_NOT_FOUND,
+    422: {
+        "model": ValidationResponse,
+        "description": "Bad time, end not after start, or too few usable windows in the period "
+        "(the message gives how many were usable and how many are needed); nothing changed.",
+    },
+}
+
+
+def _baseline_response(status: BaselineStatus) -> BaselineResponse:
+    cal = status.calibration
+    return BaselineResponse(
+        subject_id=status.subject_id,
+        source=status.source,
+        ready=status.ready,
+        start_ns=None if cal is None else cal.start_ns,
+        end_ns=None if cal is None else cal.end_ns,
+        windows_used=None if cal is None else cal.windows_used,
+        created_ns=None if cal is None else cal.created_ns,
+        medians=status.medians,
+        spreads=status.spreads,
+        warmup=None
+        if status.ready
+        else WarmupProgress(
+            covered_s=status.warmup_covered_s,
+            needed_s=status.warmup_s,
+            windows=status.warmup_windows,
+            min_windows=status.min_windows,
+        ),
+    )
+
+
+@router.get("/{subject_id}/baseline", responses=_NOT_FOUND)
+def get_baseline(subject_id: KnownSubject, pipeline: PipelineDep) -> BaselineResponse:
+    """The personal baseline the subject's states are expressed against now.
+
+    ``source`` is ``warm-up`` (learned from the first valid minutes; ``warmup`` gives the
+    progress until it is ready) or ``calibration`` (set by ``PUT``).
+    """
+    try:
+        return _baseline_response(pipeline.baseline(subject_id))
+    except UnknownSubjectError as exc:  # erased between the check and the read
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+
+
+@router.put("/{subject_id}/baseline", responses=_BASELINE_ERRORS)
+def set_baseline(
+    subject_id: KnownSubject, body: BaselineRequest, pipeline: PipelineDep
+) -> BaselineResponse:
+    """Set the personal baseline from a labelled calibration period (e.g. an instructed rest).
+
+    The baseline becomes the median of the subject's stored windows whose end lies in
+    ``[start, end)`` and that pass the model's gate (withheld windows do not count). States
+    computed from now on use it; stored states are unchanged. It replaces any earlier
+    calibration and survives restarts.
+    """
+    start_ns = parse_time_ns(body.start, name="start", source="body")
+    end_ns = parse_time_ns(body.end, name="end", source="body")
+    if end_ns <= start_ns:
+        raise _request_error("end", f"end ({body.end}) must be after start ({body.start})", "body")
+    try:
+        status = pipeline.calibrate(subject_id, start_ns, end_ns)
+    except UnknownSubjectError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+    except CalibrationError as exc:
+        raise _request_error("", str(exc), "body") from None
+    return _baseline_response(status)
