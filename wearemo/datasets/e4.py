@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import gzip
 import math
+import operator
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,7 @@ __all__ = [
     "Recording",
     "find_recordings",
     "load_recording",
+    "segment_order_shuffle",
 ]
 
 #: Channel -> file stem in a recording folder.
@@ -168,6 +171,118 @@ class Recording:
                 )
         return Recording(self.subject_id, self.path, channels, list(self.labels), self.device_id)
 
+    def reordered(self, order: Sequence[int], *, gap_s: float = 30.0) -> Recording:
+        """A copy with the label segments spliced in another order (the protocol-shortcut check).
+
+        Each chosen segment's samples, in every channel, are moved as one block so that the
+        segments follow each other in ``order`` with ``gap_s`` seconds without samples between
+        them; the trackers split runs at such gaps, so no artificial EDA step or beat interval
+        spans a splice. Samples keep their values and their spacing: regular channels keep
+        ``rate_hz``, timestamped ones (rr) keep their timestamps, shifted. A model of physiology
+        should score the same on the reordered copy; one that learned where it is in a fixed
+        protocol does not.
+
+        Cut points and shifts. A segment is cut at whole seconds from :attr:`start_ns`: its
+        start label boundary is floored, its end boundary ceiled but never past the next
+        segment's floored start (so consecutive segments share their cut and no sample is
+        taken twice). The first segment in ``order`` starts at the earliest chosen segment's
+        cut, each next one ``gap_s`` after the previous one ends, so every shift is a whole
+        number of seconds: samples of a 64, 32, 4 or 1 Hz channel move by whole periods and
+        stay on their channel's grid, exactly. (For rates with no whole number of periods in a
+        second, e.g. 25.6 Hz, cuts, gap and shifts use the smallest whole number of seconds
+        that is, 5 s there.) Samples outside the chosen segments' cuts are dropped.
+
+        Labels move with their segments, clipped to the segment's cut, so up to one second at a
+        label boundary that rounding gave to the neighbouring segment ends up unlabelled.
+
+        Parameters
+        ----------
+        order
+            Indices into :attr:`labels`, each at most once (all of them, or a subset).
+        gap_s
+            Seconds without samples between consecutive segments; a whole number >= 0
+            (rounded up to the cut quantum when that is above 1 s).
+
+        Returns
+        -------
+        Recording
+            Same subject, path and device; channels with no sample left are dropped.
+
+        Raises
+        ------
+        ValueError
+            No label segments, an order that is not a permutation of (a subset of) the segment
+            indices, a bad ``gap_s``, or a chosen segment that is empty after rounding.
+
+        Example
+        -------
+        >>> rec = Recording("s1", Path("."), {Channel.EDA: ChannelSamples(
+        ...     np.arange(12) * 500_000_000, np.arange(12.0), 2.0)},
+        ...     [LabelSegment(0, 2 * 10**9, "non_stress", "rest"),
+        ...      LabelSegment(2 * 10**9, 4 * 10**9, "stress", "stroop"),
+        ...      LabelSegment(4 * 10**9, 6 * 10**9, "non_stress", "rest")])
+        >>> new = rec.reordered([0, 2, 1], gap_s=1)
+        >>> new.channels[Channel.EDA].values.tolist()
+        [0.0, 1.0, 2.0, 3.0, 8.0, 9.0, 10.0, 11.0, 4.0, 5.0, 6.0, 7.0]
+        >>> [(s.start_ns // 10**9, s.task) for s in new.labels]
+        [(0, 'rest'), (3, 'rest'), (6, 'stroop')]
+        """
+        n = len(self.labels)
+        if n == 0:
+            raise ValueError(f"{self.subject_id}: the recording has no label segments to reorder")
+        try:
+            idx = [operator.index(i) for i in order]
+        except TypeError:
+            raise ValueError(f"order must hold integer segment indices, got {list(order)!r}") \
+                from None
+        if not idx:
+            raise ValueError("order is empty: name at least one segment index")
+        outside = [i for i in idx if not 0 <= i < n]
+        if outside:
+            raise ValueError(f"order {idx}: indices {outside} are not in 0..{n - 1} "
+                             f"({n} label segments)")
+        if len(set(idx)) != len(idx):
+            dup = sorted({i for i in idx if idx.count(i) > 1})
+            raise ValueError(f"order {idx}: segment(s) {dup} appear more than once")
+        if not (math.isfinite(gap_s) and gap_s >= 0 and float(gap_s).is_integer()):
+            raise ValueError(f"gap_s must be a whole number of seconds >= 0, got {gap_s}")
+        quantum_ns = _cut_quantum_s(self.channels) * 10**9
+        gap_ns = -(-round(gap_s) * 10**9 // quantum_ns) * quantum_ns
+        cuts = _segment_cuts(self.labels, self.start_ns, quantum_ns)
+        for k in idx:
+            if cuts[k][1] <= cuts[k][0]:
+                seg = self.labels[k]
+                raise ValueError(
+                    f"segment {k} ({seg.task or seg.label}, {seg.start_ns}..{seg.end_ns} ns) is "
+                    f"empty once cut at whole multiples of {quantum_ns // 10**9} s"
+                )
+        t = min(cuts[k][0] for k in idx)
+        shifts: list[int] = []
+        for k in idx:
+            c0, c1 = cuts[k]
+            shifts.append(t - c0)
+            t += (c1 - c0) + gap_ns
+        channels: dict[Channel, ChannelSamples] = {}
+        for ch, data in self.channels.items():
+            times, values = [], []
+            for k, shift in zip(idx, shifts, strict=True):
+                i0, i1 = np.searchsorted(data.times_ns, cuts[k], side="left")
+                times.append(data.times_ns[i0:i1] + shift)
+                values.append(data.values[i0:i1])
+            if sum(x.size for x in times):
+                channels[ch] = ChannelSamples(
+                    np.concatenate(times), np.ascontiguousarray(np.concatenate(values)),
+                    data.rate_hz,
+                )
+        labels = []
+        for k, shift in zip(idx, shifts, strict=True):
+            seg, (c0, c1) = self.labels[k], cuts[k]
+            s, e = max(seg.start_ns, c0), min(seg.end_ns, c1)
+            if e > s:
+                labels.append(LabelSegment(s + shift, e + shift, seg.label, seg.task))
+        labels.sort(key=lambda x: x.start_ns)
+        return Recording(self.subject_id, self.path, channels, labels, self.device_id)
+
     def iter_batches(self, *, chunk_s: float = 5.0) -> Iterator[SampleBatch]:
         """Yield the recording as time-ordered ``SampleBatch``es interleaved across channels.
 
@@ -219,6 +334,99 @@ class Recording:
             if np.array_equal(times[0] + offsets, times):
                 return SampleBatch(rate_hz=data.rate_hz, **common)
         return SampleBatch(timestamps_ns=times.tolist(), **common)
+
+
+def _cut_quantum_s(channels: dict[Channel, ChannelSamples]) -> int:
+    """Smallest whole number of seconds holding a whole number of periods of every regular
+    channel (1 for the E4's 64/32/4/1 Hz)."""
+    q = 1
+    for data in channels.values():
+        if data.rate_hz is not None:
+            den = Fraction(data.rate_hz).limit_denominator(1000).denominator
+            q = q * den // math.gcd(q, den)
+    return q
+
+
+def _segment_cuts(
+    labels: Sequence[LabelSegment], origin_ns: int, quantum_ns: int
+) -> list[tuple[int, int]]:
+    """Per label (in ``labels`` order): ``[c0, c1)`` cut on multiples of ``quantum_ns`` from
+    ``origin_ns``; starts floored, ends ceiled but not past the next segment's cut start."""
+    def floor(t: int) -> int:
+        return origin_ns + (t - origin_ns) // quantum_ns * quantum_ns
+
+    def ceil(t: int) -> int:
+        return origin_ns - (origin_ns - t) // quantum_ns * quantum_ns
+
+    by_start = sorted(range(len(labels)), key=lambda k: (labels[k].start_ns, k))
+    cuts = [(0, 0)] * len(labels)
+    for pos, k in enumerate(by_start):
+        c0, c1 = floor(labels[k].start_ns), ceil(labels[k].end_ns)
+        if pos + 1 < len(by_start):
+            c1 = min(c1, floor(labels[by_start[pos + 1]].start_ns))
+        cuts[k] = (c0, c1)
+    return cuts
+
+
+def segment_order_shuffle(
+    labels: Sequence[LabelSegment],
+    *,
+    seed: int | np.random.Generator = 0,
+    stress_label: str = "stress",
+) -> list[int]:
+    """A shuffled segment order for :meth:`Recording.reordered` that keeps the protocol's blocks.
+
+    Segment 0 (the first rest, on which the personal baseline warms up) stays first, with any
+    non-stress segments that follow it before the first stress segment. The rest is cut into
+    task blocks, each a ``stress_label`` segment plus the segments that follow it up to the next
+    one (its recovery rest), and the blocks are put in a random order that always differs from
+    the original.
+
+    Parameters
+    ----------
+    labels
+        Label segments in time order (:attr:`Recording.labels`).
+    seed
+        Seed or generator of the permutation (the same seed gives the same order).
+    stress_label
+        Label that starts a task block.
+
+    Returns
+    -------
+    list of int
+        A permutation of ``range(len(labels))`` starting with 0, different from the identity.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two task blocks after segment 0 (no other order exists).
+
+    Example
+    -------
+    >>> tasks = ["rest", "stroop", "rest", "interview", "rest", "hyperventilation", "rest"]
+    >>> labels = [LabelSegment(i, i + 1, "non_stress" if t == "rest" else "stress", t)
+    ...           for i, t in enumerate(tasks)]
+    >>> order = segment_order_shuffle(labels, seed=0)
+    >>> order[0], sorted(order) == list(range(7)), order != list(range(7))
+    (0, True, True)
+    """
+    blocks: list[list[int]] = [[0]] if labels else []
+    for k in range(1, len(labels)):
+        if labels[k].label == stress_label:
+            blocks.append([k])
+        else:
+            blocks[-1].append(k)
+    movable = blocks[1:]
+    if len(movable) < 2:
+        raise ValueError(
+            f"need at least two task blocks after segment 0 to reorder, found {len(movable)} "
+            f"(segments: {[s.task or s.label for s in labels]})"
+        )
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    perm = list(range(len(movable)))
+    while perm == sorted(perm):
+        perm = [int(i) for i in rng.permutation(len(movable))]
+    return [*blocks[0], *(k for i in perm for k in movable[i])]
 
 
 def _find(folder: Path, stem: str) -> Path | None:
