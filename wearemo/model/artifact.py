@@ -67,7 +67,7 @@ def _trusted_types(path: Path) -> list[str]:
     # the file blindly.
     untrusted = sio.get_untrusted_types(file=path)
     allowed = ("sklearn.", "numpy.", "scipy.", "builtins.")
-    ours = {"wearemo.model.classifier.StressClassifier"}
+    ours = {"wearemo.model.classifier.StressClassifier", "wearemo.model.selection.ModelSearch"}
     bad = [t for t in untrusted if not (t.startswith(allowed) or t in ours)]
     if bad:
         raise ValueError(f"{path}: refuses to load untrusted types {bad}")

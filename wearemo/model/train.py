@@ -15,7 +15,7 @@ Example
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,8 +26,8 @@ from threadpoolctl import ThreadpoolController
 from wearemo.features.window import FeatureWindow
 from wearemo.model.artifact import StressModel
 from wearemo.model.baseline import BaselineConfig
-from wearemo.model.classifier import StressClassifier
 from wearemo.model.estimator import DEFAULT_FEATURES, GateConfig, SubjectEstimator
+from wearemo.model.selection import ModelSearch
 
 __all__ = [
     "LabelledWindows",
@@ -117,14 +117,15 @@ def _design(
     )
 
 
-def make_classifier(*, seed: int = 0) -> StressClassifier:
-    """The pre-registered classifier (:class:`~wearemo.model.classifier.StressClassifier`):
-    gradient-boosted trees, sigmoid-calibrated across subjects (pass ``groups=`` to ``fit``).
+def make_classifier(*, seed: int = 0) -> ModelSearch:
+    """The pre-registered classifier: a :class:`~wearemo.model.selection.ModelSearch` over a
+    few model families, chosen by AUROC on held-out subjects of the training data and
+    sigmoid-calibrated across subjects (pass ``groups=`` to ``fit``).
 
     >>> make_classifier(seed=1).random_state
     1
     """
-    return StressClassifier(random_state=seed)
+    return ModelSearch(random_state=seed)
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10) -> float:
@@ -205,6 +206,7 @@ class LosoReport:
     protocol: str = "leave-one-subject-out; windows 60 s every 5 s; labels by majority"
     confusion: dict[str, int] = field(default_factory=dict)
     reliability: list[dict[str, float]] = field(default_factory=list)
+    selected: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (what goes into the manifest and the README)."""
@@ -230,6 +232,11 @@ class LosoReport:
             "per_task_predicted_stress_rate": self.per_task_stress_rate,
             "per_subject": self.per_subject,
             "withheld": self.withheld,
+            "selected_model_per_fold": self.selected,
+            "selected_model_counts": {
+                name: sum(1 for v in self.selected.values() if v == name)
+                for name in sorted(set(self.selected.values()))
+            },
         }
 
 
@@ -241,35 +248,52 @@ def loso_evaluate(
     baseline: BaselineConfig | None = None,
     seed: int = 0,
     n_jobs: int = 1,
+    make: Callable[[int], Any] | None = None,
+    on_fold: Callable[[str], None] | None = None,
 ) -> LosoReport:
     """Score the pre-registered model leave-one-subject-out on ``data``.
 
-    Each fold's state threshold is the stress prevalence of that fold's training windows, as
-    :func:`fit_model` sets it for a shipped model.
+    Each fold fits ``make(seed)`` (default :func:`make_classifier`, whose model search then
+    runs inside the fold, on its training subjects only) and scores the held-out subject. Each
+    fold's state threshold is the stress prevalence of that fold's training windows, as
+    :func:`fit_model` sets it for a shipped model. ``on_fold(subject)`` is called as folds
+    finish (progress bars).
     """
     from joblib import Parallel, delayed
 
     gate = gate or GateConfig()
     baseline = baseline or BaselineConfig()
+    build = make or (lambda s: make_classifier(seed=s))
     d = _design(data, feature_names=feature_names, gate=gate, baseline=baseline)
     subjects = sorted(set(d.groups.tolist()))  # subjects with estimated labelled windows
 
-    def fold(subject: str) -> tuple[str, np.ndarray, float]:
+    def fold(subject: str) -> tuple[str, np.ndarray, float, str]:
         tr = (d.groups != subject) & d.train
         # Parallel folds each get one OpenMP thread: oversubscribed tree fitting spins badly.
         with ThreadpoolController().limit(limits=1 if n_jobs != 1 else None, user_api="openmp"):
-            clf = make_classifier(seed=seed).fit(d.x[tr], d.y[tr], groups=d.groups[tr])
+            clf = build(seed).fit(d.x[tr], d.y[tr], groups=d.groups[tr])
             te = d.groups == subject
-            return subject, clf.predict_proba(d.x[te])[:, 1], float(d.y[tr].mean())
+            return (subject, clf.predict_proba(d.x[te])[:, 1], float(d.y[tr].mean()),
+                    str(getattr(clf, "best_name_", type(clf).__name__)))
 
     if len(np.unique(d.y)) < 2:
         raise ValueError(
             "no labelled windows of both classes to evaluate (labels that cover no estimated "
             f"window?): {int(d.y.size)} labelled windows"
         )
-    results = Parallel(n_jobs=n_jobs)(delayed(fold)(s) for s in subjects)
-    return _report(d, results, protocol="leave-one-subject-out; windows 60 s every 5 s; "
-                   "labels by majority")
+    results = []
+    for r in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+        delayed(fold)(s) for s in subjects
+    ):
+        results.append(r)
+        if on_fold is not None:
+            on_fold(r[0])
+    results.sort(key=lambda r: r[0])
+    report = _report(d, [r[:3] for r in results],
+                     protocol="leave-one-subject-out, model selection nested in each fold; "
+                     "windows 60 s every 5 s; labels by majority")
+    report.selected = {r[0]: r[3] for r in results}
+    return report
 
 
 def _report(
@@ -353,8 +377,10 @@ def fit_model(
         "training_subjects": sorted(set(d.groups.tolist())),
         "training_windows": int(d.train.sum()),
         "seed": seed,
-        "classifier": "StressClassifier: HistGradientBoostingClassifier + sigmoid calibration "
+        "classifier": f"ModelSearch -> {clf.best_name_} (StressClassifier "
+                      f"{clf.best_estimator_.get_params()['family']}) + sigmoid calibration "
                       "(GroupKFold by subject)",
+        "selection_inner_auroc": clf.cv_auroc_,
     }
     return StressModel(
         classifier=clf, feature_names=list(feature_names), gate=gate, baseline=baseline,
