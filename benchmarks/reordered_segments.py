@@ -120,14 +120,14 @@ def _init_worker(subjects: list[Subject], jobs: int) -> None:
 def _report_scores(report: LosoReport, subject: str) -> Scores:
     rows = report.predictions.get(subject, [])
     y = np.array([r[1] for r in rows], dtype=int)
-    p = np.array([r[2] for r in rows], dtype=float)
+    p = np.array([r[2][1] for r in rows], dtype=float)  # p_stress column
     n_task: dict[str, int] = {}
     for r in rows:
         n_task[r[3]] = n_task.get(r[3], 0) + 1
-    called = {t: (n, round(report.per_task_stress_rate.get(t, 0.0) * n))
+    called = {t: (n, round(report.per_task.get(t, {}).get("stress", 0.0) * n))
               for t, n in n_task.items() if t}
     bal = report.per_subject.get(subject, {}).get("balanced_accuracy")
-    return Scores(y, p, dict(report.confusion), bal, called)
+    return Scores(y, p, dict(report.summary()["confusion"]), bal, called)
 
 
 def _fold(held_out: int, seed: int) -> tuple[int, dict[str, Scores | str], list[list[int]]]:

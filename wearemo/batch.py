@@ -67,16 +67,19 @@ def _featurize_one(
 def _add_labels(frame: pd.DataFrame, rec: Recording) -> pd.DataFrame:
     labels: list[str | None] = []
     tasks: list[str | None] = []
+    valence: list[float] = []
     pure: list[bool] = []
     for a, b in zip(frame.window_start, frame.window_end, strict=True):
         s_ns, e_ns = round(a * 1e9), round(b * 1e9)
         seg = rec.window_label(s_ns, e_ns)
         labels.append(seg.label if seg else None)
         tasks.append(seg.task if seg else None)
+        valence.append(seg.valence if seg and seg.valence is not None else math.nan)
         pure.append(rec.window_label(s_ns, e_ns, min_fraction=TRAIN_MIN_FRACTION) is not None)
     if len(frame):
         frame["label"] = pd.Series(labels, index=frame.index, dtype=object)
         frame["task"] = pd.Series(tasks, index=frame.index, dtype=object)
+        frame["valence"] = valence
         frame["label_pure"] = pure
     return frame
 
@@ -197,16 +200,18 @@ def labelled_windows(
                 labels=[x if isinstance(x, str) else None for x in group.label],
                 tasks=[x if isinstance(x, str) else None for x in group.task],
                 train_mask=[bool(x) for x in group.label_pure],
+                valence=([None if math.isnan(v) else float(v) for v in group.valence]
+                         if "valence" in group else None),
             )
         )
     return data, digest
 
 
-def _predict_one(args: tuple[Path, str]) -> pd.DataFrame:
-    path, model_name = args
+def _predict_one(args: tuple[Path, str, tuple[str, ...]]) -> pd.DataFrame:
+    path, model_name, extra = args
     rec = load_recording(path)
     model = load_model(model_name)
-    est = model.for_subject(rec.subject_id)
+    est = model.for_subject(rec.subject_id, extra=[load_model(m) for m in extra])
     rows: list[dict[str, Any]] = []
     for w in featurize_recording(rec):
         s = est.update(w)
@@ -221,15 +226,25 @@ def _predict_one(args: tuple[Path, str]) -> pd.DataFrame:
                 "reason": s.reason or "",
                 "label": seg.label if seg else "",
                 "task": seg.task if seg else "",
+                "variant": s.variant or "",
+                "arousal": s.arousal,
+                "affect": s.affect or "",
+                "valence": s.valence,
+                "explanation": "; ".join(c.text for c in s.explanation),
                 "model_version": s.model_version,
             }
         )
     return pd.DataFrame(rows)
 
 
-def predict_rows(root: Path, *, model: str = "default", jobs: int = 2) -> pd.DataFrame:
-    """States for every window of every recording under ``root`` (the streaming estimator)."""
-    args = [(p, model) for p in find_recordings(root)]
+def predict_rows(
+    root: Path, *, model: str = "default", extra: Sequence[str] = (), jobs: int = 2
+) -> pd.DataFrame:
+    """States for every window of every recording under ``root`` (the streaming estimator).
+
+    ``extra`` names further models (affect, valence) whose outputs join the stress model's.
+    """
+    args = [(p, model, tuple(extra)) for p in find_recordings(root)]
     if jobs > 1 and len(args) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             frames = list(pool.map(_predict_one, args))

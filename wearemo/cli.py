@@ -266,26 +266,64 @@ def process(
     console.print(f"{len(frame)} windows → {out}")
 
 
+Target = Annotated[str, typer.Option(
+    help="What to learn: stress (label == stress), affect (the label column's classes), task "
+    "(the task column's classes) or valence (the valence ratings, high/low).")]
+Midpoint = Annotated[float, typer.Option(
+    help="Valence ratings above it are high, below it low (9-point SAM: 5).")]
+
+
+def _loso_with_progress(data: list[Any], *, target: str, seed: int, jobs: int,
+                        valence_midpoint: float) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wearemo.model.train import loso_evaluate
+
+    with Progress(TextColumn("leave-one-subject-out"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("loso", total=len(data))
+        return loso_evaluate(data, target=target, seed=seed, n_jobs=jobs,
+                             valence_midpoint=valence_midpoint,
+                             on_fold=lambda _s: bar.advance(task))
+
+
+def _data(recordings: Path, features: Path | None, jobs: int) -> tuple[list[Any], str]:
+    if not recordings.exists():
+        console.print(f"[red]no such folder:[/red] {recordings}")
+        raise typer.Exit(2)
+    with console.status("featurising"):
+        data, data_hash = labelled_windows(recordings, cache=features, jobs=jobs)
+    console.print(f"{len(data)} subjects, {sum(len(d.windows) for d in data)} windows")
+    return data, data_hash
+
+
 @app.command()
 def train(
     recordings: Annotated[Path, typer.Argument(help="Folder of labelled recordings.")],
     out: Annotated[Path, typer.Option(help="Model artifact folder to write.")],
+    target: Target = "stress",
     features: Annotated[
         Path | None, typer.Option(help="Feature cache (.parquet) to reuse or create.")
     ] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    valence_midpoint: Midpoint = 5.0,
 ) -> None:
-    """Train the stress model, score it leave-one-subject-out, write artifact + manifest + card."""
+    """Train a state model, score it leave-one-subject-out, write artifact + manifest + card."""
     from wearemo.model.card import model_card
-    from wearemo.model.train import fit_model, loso_evaluate
+    from wearemo.model.train import fit_model
 
-    data, data_hash = labelled_windows(recordings, cache=features, jobs=jobs)
-    console.print(f"{len(data)} subjects, {sum(len(d.windows) for d in data)} windows")
-    report = loso_evaluate(data, seed=seed, n_jobs=jobs)
-    loso = report.summary()
-    console.print_json(data=loso["pooled"])
-    model = fit_model(data, seed=seed)
+    data, data_hash = _data(recordings, features, jobs)
+    try:
+        report = _loso_with_progress(data, target=target, seed=seed, jobs=jobs,
+                                     valence_midpoint=valence_midpoint)
+        loso = report.summary()
+        console.print_json(data=loso["pooled"])
+        with console.status("fitting the model on every subject"):
+            model = fit_model(data, target=target, seed=seed, valence_midpoint=valence_midpoint)
+    except ValueError as exc:
+        console.print(f"[red]cannot train:[/red] {exc}")
+        raise typer.Exit(2) from exc
     model.manifest.update({"data_hash": data_hash, "data": str(recordings), "loso": loso,
                            "withheld_windows": report.withheld})
     model.save(out, card=None)
@@ -302,24 +340,31 @@ def evaluate(
     = "default",
     loso: Annotated[bool, typer.Option(
         "--loso", help="Train and test leave-one-subject-out on the recordings.")] = False,
+    target: Target = "stress",
     features: Annotated[
         Path | None, typer.Option(help="Feature cache (.parquet) to reuse or create.")
     ] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     seed: Annotated[int, typer.Option(help="Random seed (with --loso).")] = 0,
+    valence_midpoint: Midpoint = 5.0,
 ) -> None:
-    """Score a model on labelled recordings: LOSO (--loso) or a fixed model (external)."""
+    """Score a model on labelled recordings: LOSO (--loso) or a fixed model (external).
+
+    With --loso, --target says what to learn; a fixed model evaluates its own target.
+    """
     from wearemo.model import ModelVersionError, load_model
     from wearemo.model.report import write_report
-    from wearemo.model.train import external_evaluate, loso_evaluate
+    from wearemo.model.train import external_evaluate
 
-    with console.status("featurising"):
-        data, data_hash = labelled_windows(recordings, cache=features, jobs=jobs)
-    console.print(f"{len(data)} subjects, {sum(len(d.windows) for d in data)} windows")
+    data, data_hash = _data(recordings, features, jobs)
     try:
-        with console.status("leave-one-subject-out" if loso else f"scoring model {model}"):
-            result = (loso_evaluate(data, seed=seed, n_jobs=jobs) if loso
-                      else external_evaluate(data, load_model(model)))
+        if loso:
+            result = _loso_with_progress(data, target=target, seed=seed, jobs=jobs,
+                                         valence_midpoint=valence_midpoint)
+        else:
+            with console.status(f"scoring model {model}"):
+                result = external_evaluate(data, load_model(model),
+                                           valence_midpoint=valence_midpoint)
     except (ValueError, FileNotFoundError, ModelVersionError) as exc:
         console.print(f"[red]cannot evaluate:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -335,10 +380,13 @@ def predict(
     recordings: Annotated[Path, typer.Argument(help="Recording folder or folder of them.")],
     out: Annotated[Path, typer.Option(help="CSV to write (one row per window).")],
     model: Annotated[str, typer.Option(help="'default' or an artifact folder.")] = "default",
+    affect_model: Annotated[str | None, typer.Option(help="An affect model to add.")] = None,
+    valence_model: Annotated[str | None, typer.Option(help="A valence model to add.")] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
 ) -> None:
-    """Run the streaming pipeline over recordings; one row per window with state and p_stress."""
-    frame = predict_rows(recordings, model=model, jobs=jobs)
+    """Run the streaming estimator over recordings; one row per window with its state."""
+    extra = [m for m in (affect_model, valence_model) if m]
+    frame = predict_rows(recordings, model=model, extra=extra, jobs=jobs)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     console.print(f"{len(frame)} windows → {out}")

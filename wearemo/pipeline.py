@@ -115,7 +115,9 @@ class Pipeline:
     store
         Where raw batches, windows and states go (and where state is rebuilt from).
     model
-        The stress model; each subject gets ``model.for_subject(subject_id)``.
+        The stress model; each subject gets ``model.for_subject(subject_id, extra=extra)``.
+    extra
+        Further models scored on the same windows (an affect and/or a valence model).
     config
         Window length, step, coverage and lateness of every subject's stream.
     inner_threads
@@ -138,9 +140,15 @@ class Pipeline:
         *,
         config: WindowConfig | None = None,
         inner_threads: int | None = 1,
+        extra: Sequence[StressModel] = (),
     ) -> None:
+        if model.target != "stress":
+            raise ValueError(f"the pipeline's main model must have target 'stress', model "
+                             f"{model.version} has {model.target!r}")
+        model.for_subject("check", extra=extra)  # incompatible models fail here, at start
         self.store = store
         self.model = model
+        self.extra = tuple(extra)
         self.config = config if config is not None else WindowConfig()
         self.inner_threads = inner_threads
         # Created after the model is loaded, so it sees the OpenMP runtime scikit-learn loaded.
@@ -416,7 +424,7 @@ class Pipeline:
 
     def _restore(self, subject_id: str) -> _Subject:
         """A subject's stream and estimator, rebuilt from what the store holds."""
-        estimator = self.model.for_subject(subject_id)
+        estimator = self.model.for_subject(subject_id, extra=self.extra)
         stream = SubjectStream(subject_id, config=self.config)
         sub = _Subject(stream, estimator)
         lasts = {

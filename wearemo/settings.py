@@ -34,7 +34,12 @@ class Settings(BaseSettings):
     sqlite_path
         SQLite database file; defaults to ``data_dir / "wearemo.sqlite3"``.
     model
-        ``"default"`` (the artifact shipped in the package) or a path to a model artifact.
+        ``"default"`` (the stress model shipped in the package) or a path to a stress model
+        artifact.
+    affect_model, valence_model
+        Optional paths to an affect model (``wearemo train --target affect`` or ``task``) and a
+        valence model (``--target valence``) scored beside the stress model; without them the
+        states say affect and valence are not estimated.
     window_s, step_s
         Feature window length and hop, seconds.
     min_coverage
@@ -57,6 +62,8 @@ class Settings(BaseSettings):
     store: Literal["sqlite"] = "sqlite"
     sqlite_path: Path | None = None
     model: str = "default"
+    affect_model: str | None = None
+    valence_model: str | None = None
     window_s: float = Field(default=60.0, gt=0)
     step_s: float = Field(default=5.0, gt=0)
     min_coverage: float = Field(default=0.8, ge=0.0, le=1.0)

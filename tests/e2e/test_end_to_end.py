@@ -87,8 +87,17 @@ async def test_virtual_wearable_to_served_state(api_url: str, tmp_path: Path) ->
     assert state["state"] in {"stress", "non_stress"}, state
     assert 0.0 <= state["p_stress"] <= 1.0
     assert state["model_version"] == load_model().version
-    # what the estimate used: EDA here; PPG only when its beats passed the quality gate
-    assert "eda" in set(state["channels_used"]) <= {"ppg", "eda", "acc", "temp"}
+    # what the estimate used: EDA here, with the PPG beats when they passed the quality gate
+    # (variant full), else the device's own heart rate (hr_eda)
+    assert "eda" in set(state["channels_used"]) <= {"ppg", "hr", "eda", "acc", "temp"}
+    assert state["variant"] in {"full", "hr_eda"}
+    assert ("ppg" if state["variant"] == "full" else "hr") in state["channels_used"]
+    # explained: inputs ranked by their effect on p_stress, each with a sentence
+    effects = [abs(c["effect"]) for c in state["explanation"]]
+    assert effects and effects == sorted(effects, reverse=True)
+    assert all("baseline" in c["text"] or "trend" in c["text"] for c in state["explanation"])
+    assert 0.0 <= state["arousal"] <= 1.0
+    assert set(state["not_estimated"]) == {"affect", "valence"}
 
     # Streaming through BLE + HTTP equals the batch path over the same files on disk.
     rec = load_recording(DEFAULT_EXCERPT)

@@ -207,7 +207,7 @@ def test_real_excerpt_stroop_above_first_rest() -> None:
     from wearemo.features import featurize_recording
 
     rec = load_recording(DEFAULT_EXCERPT)
-    est = SubjectEstimator("S02", classifier=None, feature_names=[], version="none")
+    est = SubjectEstimator("S02")
     scores: dict[str, list[float]] = {"rest_first": [], "stroop": []}
     stroop_started = False
     for w in featurize_recording(rec):

@@ -19,6 +19,7 @@ from wearemo.model import (
     load_model,
 )
 from wearemo.model.artifact import DEFAULT_MODEL_DIR
+from wearemo.model.classifier import StressClassifier
 from wearemo.model.train import (
     LabelledWindows,
     expected_calibration_error,
@@ -27,7 +28,7 @@ from wearemo.model.train import (
 )
 
 S = 10**9
-FULL = {"ppg": 1.0, "eda": 1.0, "acc": 1.0, "temp": 1.0}
+FULL = {"ppg": 1.0, "eda": 1.0, "acc": 1.0, "temp": 1.0, "hr": 1.0}
 
 
 def _window(subject: str, end_s: float, **features: float) -> FeatureWindow:
@@ -53,7 +54,8 @@ def _subject(subject: str, rng: np.random.Generator, *, flip: bool = False) -> L
         scl = scl0 * (1.3 if stress else 1.0) * math.exp(rng.normal(0, 0.05))
         rmssd = 40 * (0.7 if stress else 1) * math.exp(rng.normal(0, 0.1))
         windows.append(
-            _window(subject, t, hr_mean_bpm=hr, eda_scl_mean_uS=scl, hrv_rmssd_ms=rmssd)
+            _window(subject, t, hr_mean_bpm=hr, eda_scl_mean_uS=scl, hrv_rmssd_ms=rmssd,
+                    hr_device_mean_bpm=hr + rng.normal(0, 1.0))
         )
         labels.append("stress" if stress != flip else "non_stress")
     return LabelledWindows(subject, windows, labels, ["task"] * len(labels), [True] * len(labels))
@@ -66,7 +68,8 @@ def cohort() -> list[LabelledWindows]:
 
 
 def test_estimator_withholds_during_warm_up_then_estimates(cohort: list[LabelledWindows]) -> None:
-    model = fit_model(cohort, baseline=BaselineConfig(warmup_s=120, min_windows=10))
+    model = fit_model(cohort, baseline=BaselineConfig(warmup_s=120, min_windows=10),
+                      make=lambda s: StressClassifier(max_iter=60, random_state=s))
     est = model.for_subject("new")
     states = [est.update(w) for w in cohort[0].windows[:40]]
     reasons = {s.reason.split(":")[0] for s in states if s.state == "withheld" and s.reason}
@@ -93,7 +96,7 @@ def test_estimator_withholds_during_warm_up_then_estimates(cohort: list[Labelled
     ],
 )
 def test_gating_reasons(change: dict[str, object], reason: str) -> None:
-    est = StressModel(classifier=None, feature_names=[]).for_subject("s")  # type: ignore[arg-type]
+    est = StressModel(variants=[]).for_subject("s")
     w = _window("s", 60, hr_mean_bpm=70.0)
     fields = {f: getattr(w, f) for f in w.__slots__} | change  # type: ignore[attr-defined]
     state = est.update(FeatureWindow(**fields))  # type: ignore[arg-type]
@@ -101,7 +104,8 @@ def test_gating_reasons(change: dict[str, object], reason: str) -> None:
 
 
 def test_one_good_channel_is_estimated_without_the_other(cohort: list[LabelledWindows]) -> None:
-    model = fit_model(cohort, baseline=BaselineConfig(warmup_s=120, min_windows=10))
+    model = fit_model(cohort, baseline=BaselineConfig(warmup_s=120, min_windows=10),
+                      make=lambda s: StressClassifier(max_iter=60, random_state=s))
     est = model.for_subject("new")
     for w in cohort[0].windows[:13]:
         est.update(w)
@@ -128,7 +132,8 @@ def test_loso_separates_synthetic_stress_and_never_trains_on_the_test_subject(
     # One participant's labels are inverted. If its own windows leaked into its training fold
     # the model could follow them; held out, it must score far below chance.
     data = [*cohort, _subject("flipped", rng, flip=True)]
-    report = loso_evaluate(data, baseline=BaselineConfig(warmup_s=120, min_windows=10), n_jobs=2)
+    report = loso_evaluate(data, baseline=BaselineConfig(warmup_s=120, min_windows=10), n_jobs=2,
+                           make=lambda s: StressClassifier(max_iter=60, random_state=s))
     # The flipped subject also sits in every other fold's training data as label noise.
     honest = [report.per_subject[d.subject_id]["balanced_accuracy"] for d in cohort]
     assert min(honest) > 0.8 and float(np.mean(honest)) > 0.9, honest
@@ -149,15 +154,23 @@ def test_artifact_round_trip_and_refusals(cohort: list[LabelledWindows], tmp_pat
     out = model.save(tmp_path / "m")
     loaded = StressModel.load(out)
     assert loaded.version == model.version and loaded.baseline.warmup_s == 120
+    assert [v.spec for v in loaded.variants] == [v.spec for v in model.variants]
     x = np.array([[5.0, 0.0, 0.0, -0.3, 0.0, 0.0, 0.0, 0.2, 0, 0, 0, 0, 0.0, 0.0]])
-    assert loaded.classifier.predict_proba(x) == pytest.approx(model.classifier.predict_proba(x))
+    assert loaded.variant("full").classifier.predict_proba(x) == pytest.approx(
+        model.variant("full").classifier.predict_proba(x))
 
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["versions"]["scikit-learn"] = "0.24.2"
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelVersionError, match=r"scikit-learn 0\.24\.2"):
         StressModel.load(out)
+    manifest["format"] = 1  # an artifact of an older wearemo: a clear refusal, not a crash
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelVersionError, match=r"artifact format 1.*retrain"):
+        StressModel.load(out)
+    manifest["format"] = 2
 
+    (out / "manifest.json").write_text(json.dumps(manifest))
     with (out / "model.skops").open("ab") as f:
         f.write(b"tampered")
     with pytest.raises(ValueError, match="checksum"):

@@ -55,6 +55,23 @@ def test_search_picks_the_model_that_generalises() -> None:
     assert search.cv_auroc_["logistic"] > search.cv_auroc_["stump"] + 0.1
 
 
+def test_one_se_rule_keeps_the_first_candidate_within_the_noise() -> None:
+    # Pure noise: whatever candidate "wins" the inner folds does so by chance. The one-SE rule
+    # keeps the preferred (first) candidate; plain arg-max takes the lucky one.
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(1200, 3))
+    y = rng.integers(0, 2, size=1200)
+    groups = np.repeat(np.arange(12), 100)
+    candidates = (("hgb", {"max_iter": 20}), ("logistic", {"family": "logistic"}),
+                  ("forest", {"family": "forest", "n_estimators": 20}))
+    kept = ModelSearch(candidates=candidates).fit(x, y, groups=groups)
+    assert kept.best_name_ == "hgb"
+    lucky = ModelSearch(candidates=candidates, rule="best").fit(x, y, groups=groups)
+    assert lucky.best_name_ == max(lucky.cv_auroc_, key=lambda n: lucky.cv_auroc_[n])
+    with pytest.raises(ValueError, match="rule must be"):
+        ModelSearch(rule="vote").fit(x, y)  # type: ignore[arg-type]
+
+
 class _Spy(StressClassifier):
     """Records which subjects each fit and each prediction sees (subject id in column 0)."""
 

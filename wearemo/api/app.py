@@ -66,6 +66,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         # Blocking set-up (model deserialisation, SQLite open) off the event loop.
         model = await run_in_threadpool(load_model, cfg.model)
+        extra = []
+        for setting, path, targets in (("affect_model", cfg.affect_model, ("affect", "task")),
+                                       ("valence_model", cfg.valence_model, ("valence",))):
+            if path:
+                m = await run_in_threadpool(load_model, path)
+                if m.target not in targets:
+                    raise ValueError(f"WEAREMO_{setting.upper()}={path}: model {m.version} has "
+                                     f"target {m.target!r}, expected one of {targets}")
+                extra.append(m)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         store = await run_in_threadpool(open_store, cfg)
         window = WindowConfig(
@@ -74,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             min_coverage=cfg.min_coverage,
             lateness_s=cfg.lateness_s,
         )
-        pipeline = Pipeline(store, model, config=window)
+        pipeline = Pipeline(store, model, config=window, extra=extra)
         log.info("wearemo API ready: store=%s model=%s", cfg.store, model.version)
         try:
             yield {"resources": Resources(cfg, store, model, pipeline)}

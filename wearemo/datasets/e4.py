@@ -70,12 +70,17 @@ _ORDER = {c: i for i, c in enumerate(Channel)}
 
 @dataclass(frozen=True, slots=True)
 class LabelSegment:
-    """A labelled span ``[start_ns, end_ns)`` of a recording (e.g. ``stress`` / ``stroop``)."""
+    """A labelled span ``[start_ns, end_ns)`` of a recording (e.g. ``stress`` / ``stroop``).
+
+    ``valence`` is the segment's valence rating (e.g. a 1-9 Self-Assessment Manikin) when
+    ``labels.csv`` has a ``valence`` column, else ``None``.
+    """
 
     start_ns: int
     end_ns: int
     label: str
     task: str
+    valence: float | None = None
 
 
 @dataclass(slots=True)
@@ -279,7 +284,8 @@ class Recording:
             seg, (c0, c1) = self.labels[k], cuts[k]
             s, e = max(seg.start_ns, c0), min(seg.end_ns, c1)
             if e > s:
-                labels.append(LabelSegment(s + shift, e + shift, seg.label, seg.task))
+                labels.append(LabelSegment(s + shift, e + shift, seg.label, seg.task,
+                                           seg.valence))
         labels.sort(key=lambda x: x.start_ns)
         return Recording(self.subject_id, self.path, channels, labels, self.device_id)
 
@@ -540,8 +546,10 @@ def _read_labels(path: Path) -> list[LabelSegment]:
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise ValueError(f"{path.name}: missing column(s) {missing}; expected {need}")
+    # Optional: a valence rating per segment (empty where a segment was not rated).
+    cols = need + (["valence"] if "valence" in df.columns else [])
     segs = []
-    for i, row in enumerate(df[need].itertuples(index=False), start=2):
+    for i, row in enumerate(df[cols].itertuples(index=False), start=2):
         start = _number(path, i, str(row[0]), "start_unix")
         end = _number(path, i, str(row[1]), "end_unix")
         if end <= start:
@@ -549,8 +557,11 @@ def _read_labels(path: Path) -> list[LabelSegment]:
         label, task = row[2], row[3]
         if not isinstance(label, str) or not label:
             raise ValueError(f"{path.name} row {i}: empty label")
+        valence = None
+        if len(row) > 4 and isinstance(row[4], str) and row[4].strip():
+            valence = _number(path, i, row[4], "valence")
         segs.append(LabelSegment(_start_ns(start), _start_ns(end), label,
-                                 task if isinstance(task, str) else ""))
+                                 task if isinstance(task, str) else "", valence))
     return sorted(segs, key=lambda s: s.start_ns)
 
 

@@ -36,6 +36,7 @@ Transform = Literal["diff", "logratio"]
 #: ``diff`` for rates and slopes. The offset in the log keeps near-zero levels finite.
 RELATIVE_FEATURES: dict[str, tuple[Transform, float]] = {
     "hr_mean_bpm": ("diff", 0.0),
+    "hr_device_mean_bpm": ("diff", 0.0),
     "hrv_meannn_ms": ("logratio", 1.0),
     "hrv_sdnn_ms": ("logratio", 1.0),
     "hrv_rmssd_ms": ("logratio", 1.0),

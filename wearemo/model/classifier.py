@@ -69,6 +69,11 @@ class StressClassifier(ClassifierMixin, BaseEstimator):
         nested model search ranks by AUROC, which calibration would not change).
     calibration_folds
         Folds of the sigmoid calibration (fewer when there are fewer groups or samples).
+    ensemble
+        ``False`` (default): the calibrator learns from out-of-fold predictions and one model
+        refitted on all rows serves (one model to store and run per prediction); ``True``:
+        one calibrated model per fold, averaged (``calibration_folds`` times the cost of every
+        prediction and of the file).
     random_state
         Seed of the trees.
 
@@ -96,10 +101,11 @@ class StressClassifier(ClassifierMixin, BaseEstimator):
         max_leaf_nodes: int = 15,
         min_samples_leaf: int = 40,
         l2_regularization: float = 1.0,
-        n_estimators: int = 150,
+        n_estimators: int = 100,
         C: float = 0.1,  # noqa: N803 (scikit-learn's name)
         calibration: Literal["sigmoid", "none"] = "sigmoid",
         calibration_folds: int = 5,
+        ensemble: bool = False,
         random_state: int | None = 0,
     ) -> None:
         self.family = family
@@ -112,6 +118,7 @@ class StressClassifier(ClassifierMixin, BaseEstimator):
         self.C = C
         self.calibration = calibration
         self.calibration_folds = calibration_folds
+        self.ensemble = ensemble
         self.random_state = random_state
 
     def __sklearn_tags__(self) -> Any:
@@ -153,7 +160,7 @@ class StressClassifier(ClassifierMixin, BaseEstimator):
         if self.calibration != "sigmoid":
             raise ValueError(f"calibration must be 'sigmoid' or 'none', got {self.calibration!r}")
         self.calibrated_ = CalibratedClassifierCV(
-            base, method="sigmoid", cv=self._splits(yv, g)
+            base, method="sigmoid", cv=self._splits(yv, g), ensemble=self.ensemble
         ).fit(self._fill(x), yv)
         fitted = self.calibrated_.calibrated_classifiers_
         self.n_iter_ = max(int(getattr(c.estimator, "n_iter_", 0)) for c in fitted)

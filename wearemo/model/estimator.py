@@ -1,4 +1,4 @@
-"""Per-subject state estimation: gating, personal baseline and the calibrated classifier.
+"""Per-subject state estimation: gating, personal baseline, channel variants and explanations.
 
 One :class:`SubjectEstimator` per subject turns the feature windows of that subject, in time
 order, into :class:`~wearemo.model.state.StateEstimate`s. The same object serves the live
@@ -7,13 +7,17 @@ replayed live and processed from disk gets the same states.
 
 Withholding comes first: a window with neither usable beats (enough of them, PPG quality) nor
 EDA, with motion, or falling in the warm-up of the personal baseline is ``withheld`` with a reason,
-never guessed. A window with only one of the two is estimated from it, the other's features
-taken as missing.
+never guessed. Otherwise each model (a :class:`Head`: stress, affect or valence) scores the window
+with the first of its **variants** whose channels the window has: ``full`` (beats and EDA),
+``hr_eda`` (the device's own heart rate and EDA: a wristband without beat-to-beat data),
+``cardiac`` (beats only: a chest strap) or ``eda`` (EDA only). Each variant is a classifier
+trained on exactly its features, so a device with fewer channels is scored by a model that
+learned from those channels, not by a full model guessing at missing inputs.
 
 Example
 -------
 >>> from wearemo.features.window import FeatureWindow
->>> est = SubjectEstimator("s1", classifier=None, feature_names=[], version="none")
+>>> est = SubjectEstimator("s1")
 >>> est.update(FeatureWindow(subject_id="s1", start_ns=0, end_ns=60 * 10**9)).reason
 'missing channels: beats, eda'
 """
@@ -23,34 +27,116 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from wearemo.features.compute import FEATURE_UNITS
 from wearemo.features.window import FeatureWindow
+from wearemo.model.arousal import ArousalConfig, arousal_score
 from wearemo.model.baseline import RELATIVE_FEATURES, BaselineConfig, PersonalBaseline
-from wearemo.model.state import StateEstimate
+from wearemo.model.state import Contribution, StateEstimate
 
 __all__ = [
     "ABSOLUTE_FEATURES",
+    "CARDIAC_FEATURES",
+    "CONTEXT_FEATURES",
     "DEFAULT_FEATURES",
+    "EDA_FEATURES",
+    "TARGETS",
+    "VARIANTS",
     "GateConfig",
+    "Group",
+    "Head",
     "ProbabilisticClassifier",
     "SubjectEstimator",
+    "Target",
+    "Variant",
+    "VariantSpec",
+    "channels_of",
+    "decide",
+    "describe_deviation",
+    "route",
 ]
 
-#: Features used as they are: within-window slopes and rates carry no person-level offset.
+#: What a model estimates: ``stress`` (stress vs non_stress from the ``label`` column),
+#: ``affect`` (the classes of a dataset's ``label`` column, e.g. baseline/stress/amusement),
+#: ``task`` (the classes of the ``task`` column) or ``valence`` (low/high from valence ratings).
+Target = Literal["stress", "affect", "task", "valence"]
+TARGETS: tuple[str, ...] = ("stress", "affect", "task", "valence")
+
+#: Channel groups a variant can require: usable beats (HR + HRV), usable EDA, the device's own
+#: heart rate (``hr`` channel).
+Group = Literal["beats", "eda", "hr"]
+
+#: Features used as they are: within-window slopes carry no person-level offset.
 ABSOLUTE_FEATURES: tuple[str, ...] = (
     "eda_scl_slope_uS_per_min",
     "temp_slope_degC_per_min",
 )
 
-#: Model inputs of the default feature set (session time is deliberately absent: the
-#: Stress-Predict protocol is fixed, so time alone would "predict" stress).
-DEFAULT_FEATURES: tuple[str, ...] = (
-    *(f"rel_{n}" for n in RELATIVE_FEATURES if n != "temp_mean_degC"),
-    *ABSOLUTE_FEATURES,
+#: Beat-derived inputs (heart rate and time-domain HRV from usable beats).
+CARDIAC_FEATURES: tuple[str, ...] = (
+    "rel_hr_mean_bpm", "rel_hrv_meannn_ms", "rel_hrv_sdnn_ms", "rel_hrv_rmssd_ms",
+    "rel_hrv_pnn50_pct", "rel_hrv_sd1_ms", "rel_hrv_sd2_ms",
+)
+#: Electrodermal inputs (tonic level, responses, within-window slope).
+EDA_FEATURES: tuple[str, ...] = (
+    "rel_eda_scl_mean_uS", "rel_eda_scr_rate_per_min", "rel_eda_scr_amp_mean_uS",
+    "rel_eda_phasic_auc_uS_s", "eda_scl_slope_uS_per_min",
+)
+#: Inputs any variant may use when present (activity, skin-temperature slope). The skin
+#: temperature *level* is left out: it drifts with wear time, which in a fixed protocol tracks
+#: the labels.
+CONTEXT_FEATURES: tuple[str, ...] = ("rel_acc_activity_g", "temp_slope_degC_per_min")
+
+#: Model inputs of the ``full`` variant (session time is deliberately absent: the Stress-Predict
+#: protocol is fixed, so time alone would "predict" stress).
+DEFAULT_FEATURES: tuple[str, ...] = (*CARDIAC_FEATURES, *EDA_FEATURES, *CONTEXT_FEATURES)
+
+# The feature whose presence (finite, baseline-relative) shows a group is usable in a window.
+_ANCHOR: dict[str, str] = {
+    "beats": "hr_mean_bpm", "eda": "eda_scl_mean_uS", "hr": "hr_device_mean_bpm",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class VariantSpec:
+    """A model variant before fitting: the channel groups it needs and its inputs.
+
+    Attributes
+    ----------
+    name
+        ``full``, ``hr_eda``, ``cardiac``, ``eda`` (or your own).
+    requires
+        Channel groups (:data:`Group`) a window must have for this variant to score it.
+    feature_names
+        Its inputs, in column order (``rel_`` names are baseline-relative).
+    """
+
+    name: str
+    requires: tuple[str, ...]
+    feature_names: tuple[str, ...]
+
+    def raw(self) -> VariantSpec:
+        """The same variant on raw levels (the no-personal-baseline ablation).
+
+        >>> VARIANTS[3].raw().feature_names[0]
+        'eda_scl_mean_uS'
+        """
+        return VariantSpec(self.name, self.requires,
+                           tuple(n.removeprefix("rel_") for n in self.feature_names))
+
+
+#: The variants a trained model has, in routing order: the first whose groups a window has
+#: scores it.
+VARIANTS: tuple[VariantSpec, ...] = (
+    VariantSpec("full", ("beats", "eda"), DEFAULT_FEATURES),
+    VariantSpec("hr_eda", ("hr", "eda"),
+                ("rel_hr_device_mean_bpm", *EDA_FEATURES, *CONTEXT_FEATURES)),
+    VariantSpec("cardiac", ("beats",), (*CARDIAC_FEATURES, *CONTEXT_FEATURES)),
+    VariantSpec("eda", ("eda",), (*EDA_FEATURES, *CONTEXT_FEATURES)),
 )
 
 
@@ -66,6 +152,43 @@ class ProbabilisticClassifier(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Variant:
+    """A fitted variant: its spec, classifier and the class prevalences it was trained on.
+
+    ``priors`` set the decision (:func:`decide`): with calibrated probabilities, choosing the
+    class with the largest ``p / prior`` weighs every class's misses equally (it maximises
+    balanced accuracy); for two classes it is ``p_stress >= stress prevalence``.
+    """
+
+    spec: VariantSpec
+    classifier: ProbabilisticClassifier
+    priors: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """One model's contribution to a state.
+
+    Attributes
+    ----------
+    target
+        What it estimates (:data:`Target`).
+    classes
+        Class names in probability-column order (``("non_stress", "stress")`` for stress,
+        ``("low", "high")`` for valence).
+    variants
+        Fitted variants in routing order.
+    version
+        The artifact version.
+    """
+
+    target: str
+    classes: tuple[str, ...]
+    variants: tuple[Variant, ...]
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
 class GateConfig:
     """When a window is withheld instead of estimated.
 
@@ -77,42 +200,92 @@ class GateConfig:
         Lowest PPG beat quality (0..1) accepted when beats come from PPG.
     min_beats
         Fewest beat intervals needed for HRV over the window.
-    stress_threshold
-        ``p_stress`` at or above which the state is ``stress``. Training sets it to the stress
-        prevalence of the training windows: with calibrated probabilities that is the cut that
-        weighs missed stress and false alarms equally (balanced accuracy), whatever the prior.
     """
 
     min_coverage: float = 0.8
     min_ppg_quality: float = 0.5
     min_beats: int = 20
-    stress_threshold: float = 0.5
+
+
+def route(inputs: Mapping[str, float], variants: Sequence[Variant]) -> Variant | None:
+    """The first variant whose channel groups are all present in ``inputs`` (or None).
+
+    A group is present when its anchor input is finite: the window's channel passed the gate and
+    the personal baseline has a level for it.
+
+    >>> spec = VariantSpec("eda", ("eda",), ("rel_eda_scl_mean_uS",))
+    >>> route({"rel_eda_scl_mean_uS": 0.1}, [Variant(spec, None, (0.5, 0.5))]).spec.name
+    'eda'
+    >>> route({"rel_eda_scl_mean_uS": math.nan}, [Variant(spec, None, (0.5, 0.5))]) is None
+    True
+    """
+    have = _groups(inputs)
+    for v in variants:
+        if have.issuperset(v.spec.requires):
+            return v
+    return None
+
+
+def _groups(inputs: Mapping[str, float]) -> set[str]:
+    out = set()
+    for group, anchor in _ANCHOR.items():
+        value = inputs.get(f"rel_{anchor}", inputs.get(anchor, math.nan))
+        if math.isfinite(value):
+            out.add(group)
+    return out
+
+
+def decide(p: np.ndarray, priors: Sequence[float]) -> int:
+    """Index of the class with the largest ``p / prior`` (prior-corrected arg-max).
+
+    >>> decide(np.array([0.6, 0.4]), [0.7, 0.3])  # 0.4 >= the 0.3 stress prevalence
+    1
+    """
+    pri = np.maximum(np.asarray(priors, dtype=float), 1e-12)
+    return int(np.argmax(np.asarray(p, dtype=float) / pri))
 
 
 @dataclass(slots=True)
 class SubjectEstimator:
-    """Online state estimator for one subject; feed windows in time order."""
+    """Online state estimator for one subject; feed windows in time order.
+
+    Attributes
+    ----------
+    subject_id
+        The subject.
+    heads
+        The models that score each window: at most one per target; the ``stress`` head sets
+        ``state`` and ``p_stress``. Empty for gating and baseline only (training).
+    gate
+        When windows are withheld.
+    baseline
+        The subject's personal baseline (learned during warm-up or from a calibration).
+    arousal
+        Configuration of the a-priori arousal score (None: not computed).
+    """
 
     subject_id: str
-    classifier: ProbabilisticClassifier | None
-    feature_names: Sequence[str]
-    version: str
+    heads: Sequence[Head] = ()
     gate: GateConfig = field(default_factory=GateConfig)
     baseline: PersonalBaseline = field(default_factory=PersonalBaseline)
+    arousal: ArousalConfig | None = field(default_factory=ArousalConfig)
 
     @classmethod
     def with_baseline(
         cls,
         subject_id: str,
         *,
-        classifier: ProbabilisticClassifier | None,
-        feature_names: Sequence[str],
-        version: str,
+        heads: Sequence[Head] = (),
         gate: GateConfig,
         baseline: BaselineConfig,
     ) -> SubjectEstimator:
         """Build an estimator with a fresh personal baseline of the given configuration."""
-        return cls(subject_id, classifier, feature_names, version, gate, PersonalBaseline(baseline))
+        return cls(subject_id, tuple(heads), gate, PersonalBaseline(baseline))
+
+    @property
+    def version(self) -> str:
+        """The versions of the heads, ``+``-joined (``"none"`` without heads)."""
+        return "+".join(h.version for h in self.heads) or "none"
 
     def _beats_problem(self, w: FeatureWindow) -> str | None:
         """Why the window's HRV cannot be used (None when it can)."""
@@ -129,9 +302,9 @@ class SubjectEstimator:
     def _usable(self, w: FeatureWindow) -> tuple[dict[str, float] | None, str | None]:
         """The window's usable features, or the reason it is withheld.
 
-        HRV and EDA each count only when their channel is good enough; a window with one of
-        them is estimated from it (the trees take the other as missing, as chest straps
-        without EDA need), a window with neither is withheld.
+        HRV, EDA and the device heart rate each count only when their channel is good enough;
+        a window with beats or EDA is estimated (by the variant its channels allow), a window
+        with neither is withheld.
         """
         beats = self._beats_problem(w)
         eda_ok = w.coverage.get("eda", 0.0) >= self.gate.min_coverage
@@ -141,7 +314,13 @@ class SubjectEstimator:
             return None, f"{beats}; missing channels: eda"
         if w.motion:
             return None, "motion"
-        drop = ("hr_mean_bpm", "hrv_") if beats is not None else ("eda_",) if not eda_ok else ()
+        drop: tuple[str, ...] = ()
+        if beats is not None:
+            drop += ("hr_mean_bpm", "hrv_")
+        if not eda_ok:
+            drop += ("eda_",)
+        if w.coverage.get("hr", 0.0) < self.gate.min_coverage:
+            drop += ("hr_device_",)
         if not drop:
             return w.features, None
         return {k: v for k, v in w.features.items() if not k.startswith(drop)}, None
@@ -176,7 +355,7 @@ class SubjectEstimator:
 
         Example
         -------
-        >>> est = SubjectEstimator("s1", classifier=None, feature_names=[], version="none")
+        >>> est = SubjectEstimator("s1")
         >>> est.calibrate([])
         Traceback (most recent call last):
         ValueError: calibration period has 0 usable windows; the baseline needs at least 12
@@ -185,31 +364,178 @@ class SubjectEstimator:
         self.baseline.calibrate(rows)
         return len(rows)
 
+    def _not_estimated(self) -> dict[str, str]:
+        have = {h.target for h in self.heads}
+        out: dict[str, str] = {}
+        if "stress" not in have:
+            out["p_stress"] = "no stress model is loaded"
+        if not have & {"affect", "task"}:
+            out["affect"] = ("no affect model is loaded (train one on a dataset's own labels "
+                             "with `wearemo train --target affect`)")
+        if "valence" not in have:
+            out["valence"] = ("not estimated: valence needs a model trained on valence labels "
+                              "(`wearemo train --target valence`); arousal is not valence")
+        if self.arousal is None:
+            out["arousal"] = "arousal score turned off"
+        return out
+
     def update(self, window: FeatureWindow) -> StateEstimate:
-        """Estimate the state for the next window of this subject."""
+        """Estimate the state for the next window of this subject.
+
+        Example
+        -------
+        >>> est = SubjectEstimator("s1")
+        >>> w = FeatureWindow(subject_id="s1", start_ns=0, end_ns=60 * 10**9, motion=True,
+        ...                   coverage={"eda": 1.0}, features={"eda_scl_mean_uS": 2.0})
+        >>> s = est.update(w)
+        >>> s.state, s.reason, s.channels_used
+        ('withheld', 'motion', ['eda'])
+        """
         inputs, reason = self.assess(window)
-        if inputs is None or self.classifier is None:
+        common: dict[str, Any] = {
+            "subject_id": self.subject_id, "window_start_ns": window.start_ns,
+            "window_end_ns": window.end_ns, "model_version": self.version,
+        }
+        not_estimated = self._not_estimated()
+        stress = next((h for h in self.heads if h.target == "stress"), None)
+        variant = None if inputs is None or stress is None else route(inputs, stress.variants)
+        if inputs is None or stress is None or variant is None:
             channels = sorted(k for k, v in window.coverage.items()
                               if v >= self.gate.min_coverage)
-            return StateEstimate(
-                subject_id=self.subject_id, window_start_ns=window.start_ns,
-                window_end_ns=window.end_ns, model_version=self.version,
-                channels_used=channels, state="withheld", reason=reason or "no model",
-            )
-        x = np.array([[inputs.get(n, math.nan) for n in self.feature_names]], dtype=float)
+            if inputs is not None and stress is not None:
+                reason = (f"no variant of model {stress.version} for the channels of this "
+                          f"window ({', '.join(sorted(_groups(inputs))) or 'none'})")
+            return StateEstimate(**common, channels_used=channels, state="withheld",
+                                 reason=reason or "no model", not_estimated=not_estimated)
+        x = _row(inputs, variant.spec.feature_names)
         channels = channels_of(
-            [n for n, v in zip(self.feature_names, x[0], strict=True) if math.isfinite(v)],
+            [n for n, v in zip(variant.spec.feature_names, x, strict=True) if math.isfinite(v)],
             beat_source=window.beat_source,
         )
+        k = stress.classes.index("stress")
         with _THREADS.limit(limits=1, user_api="openmp"):
-            p = float(self.classifier.predict_proba(x)[0, 1])
+            p, contributions = _explain(variant, x, k)
+            outputs: dict[str, Any] = {}
+            for head in self.heads:
+                if head.target == "stress":
+                    continue
+                hv = route(inputs, head.variants)
+                if hv is None:
+                    not_estimated[_output(head.target)] = (
+                        f"no variant of model {head.version} for the channels of this window")
+                    continue
+                q = np.asarray(hv.classifier.predict_proba(
+                    _row(inputs, hv.spec.feature_names)[None, :]))[0]
+                if head.target == "valence":
+                    outputs["valence"] = _unit(float(q[head.classes.index("high")]))
+                else:
+                    outputs["affect"] = head.classes[decide(q, hv.priors)]
+                    outputs["affect_p"] = {c: _unit(float(v))
+                                           for c, v in zip(head.classes, q, strict=True)}
+        arousal = None
+        if self.arousal is not None:
+            arousal = arousal_score(inputs, self.baseline, config=self.arousal)
+            if arousal is None:
+                not_estimated["arousal"] = "no cardiac or EDA deviation in this window"
+        top = contributions[:3]
         return StateEstimate(
-            subject_id=self.subject_id, window_start_ns=window.start_ns,
-            window_end_ns=window.end_ns, model_version=self.version, channels_used=channels,
-            state="stress" if p >= self.gate.stress_threshold else "non_stress",
-            p_stress=min(max(p, 0.0), 1.0),
-            top_features=top_deviations(inputs),
+            **common, channels_used=channels,
+            state="stress" if decide(p, variant.priors) == k else "non_stress",
+            p_stress=_unit(float(p[k])),
+            variant=variant.spec.name,
+            top_features={c.feature: c.deviation for c in top},
+            explanation=top,
+            arousal=arousal,
+            not_estimated=not_estimated,
+            **outputs,
         )
+
+
+def _output(target: str) -> str:
+    return {"affect": "affect", "task": "affect", "valence": "valence"}.get(target, target)
+
+
+def _unit(p: float) -> float:
+    return min(max(p, 0.0), 1.0)
+
+
+def _row(inputs: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
+    return np.array([inputs.get(n, math.nan) for n in names], dtype=float)
+
+
+def _neutral(name: str) -> float:
+    # The input a feature has when it sits at the wearer's baseline: zero deviation, or a flat
+    # within-window slope. Raw levels (no personal baseline) have no neutral value.
+    return 0.0 if name.startswith("rel_") or name in ABSOLUTE_FEATURES else math.nan
+
+
+def _explain(
+    variant: Variant, x: np.ndarray, k: int
+) -> tuple[np.ndarray, list[Contribution]]:
+    """Class probabilities of one row and each present input's effect on class ``k``.
+
+    The effect of an input is how much ``p_stress`` drops when only that input is moved back to
+    the wearer's baseline (an occlusion attribution, Zeiler & Fergus 2014): all rows go through
+    one ``predict_proba`` call, so it costs one batched prediction per window.
+    """
+    names = variant.spec.feature_names
+    idx = [i for i, v in enumerate(x) if math.isfinite(v) and math.isfinite(_neutral(names[i]))
+           and x[i] != _neutral(names[i])]
+    rows = np.repeat(x[None, :], 1 + len(idx), axis=0)
+    for j, i in enumerate(idx, start=1):
+        rows[j, i] = _neutral(names[i])
+    proba = np.asarray(variant.classifier.predict_proba(rows))
+    out = []
+    for j, i in enumerate(idx, start=1):
+        shown, unit, text = describe_deviation(names[i], float(x[i]))
+        out.append(Contribution(feature=names[i], deviation=shown, unit=unit,
+                                effect=round(float(proba[0, k] - proba[j, k]), 4), text=text))
+    out.sort(key=lambda c: (-abs(c.effect), c.feature))
+    return proba[0], out
+
+
+#: Short human names of the model inputs, for explanations.
+_LABELS: dict[str, str] = {
+    "hr_mean_bpm": "heart rate", "hr_device_mean_bpm": "heart rate (device)",
+    "hrv_meannn_ms": "mean beat interval", "hrv_sdnn_ms": "SDNN", "hrv_rmssd_ms": "RMSSD",
+    "hrv_pnn50_pct": "pNN50", "hrv_sd1_ms": "SD1", "hrv_sd2_ms": "SD2",
+    "eda_scl_mean_uS": "skin conductance level", "eda_scr_rate_per_min": "skin conductance "
+    "responses", "eda_scr_amp_mean_uS": "skin conductance response amplitude",
+    "eda_phasic_auc_uS_s": "phasic skin conductance", "temp_mean_degC": "skin temperature",
+    "acc_activity_g": "movement", "eda_scl_slope_uS_per_min": "skin conductance trend",
+    "temp_slope_degC_per_min": "skin temperature trend",
+}
+
+
+def describe_deviation(name: str, value: float) -> tuple[float, str, str]:
+    """``(shown value, unit, sentence)`` for one model input.
+
+    Log-ratio inputs become percent changes, differences stay in the feature's unit, slopes
+    are shown as they are.
+
+    >>> describe_deviation("rel_hrv_rmssd_ms", math.log(0.62))
+    (-38.0, '%', 'RMSSD 38% below your baseline')
+    >>> describe_deviation("rel_hr_mean_bpm", 12.0)
+    (12.0, 'bpm', 'heart rate 12 bpm above your baseline')
+    >>> describe_deviation("eda_scl_slope_uS_per_min", 0.05)
+    (0.05, 'µS/min', 'skin conductance trend rising 0.05 µS/min')
+    """
+    base = name.removeprefix("rel_")
+    label = _LABELS.get(base, base)
+    unit = FEATURE_UNITS.get(base, "")
+    if name.startswith("rel_") and base in RELATIVE_FEATURES:
+        kind, _ = RELATIVE_FEATURES[base]
+        shown = round((math.exp(value) - 1.0) * 100.0, 1) if kind == "logratio" else round(
+            value, 2)
+        unit = "%" if kind == "logratio" else unit
+        word = "above" if shown > 0 else "below" if shown < 0 else "at"
+        amount = f"{abs(shown):.0f}%" if unit == "%" else f"{abs(shown):.3g} {unit}"
+        if word == "at":
+            return shown, unit, f"{label} at your baseline"
+        return shown, unit, f"{label} {amount} {word} your baseline"
+    shown = round(value, 3)
+    word = "rising" if shown > 0 else "falling" if shown < 0 else "flat"
+    return shown, unit, f"{label} {word} {abs(shown):.3g} {unit}".rstrip()
 
 
 def channels_of(feature_names: Sequence[str], *, beat_source: str) -> list[str]:
@@ -221,33 +547,10 @@ def channels_of(feature_names: Sequence[str], *, beat_source: str) -> list[str]:
     out: set[str] = set()
     for name in feature_names:
         base = name.removeprefix("rel_")
-        if base.startswith(("hr_mean", "hrv_")) and beat_source in ("ppg", "rr"):
-            out.add(beat_source)
-        elif base.startswith("hr_device"):
+        if base.startswith("hr_device"):
             out.add("hr")
+        elif base.startswith(("hr_mean", "hrv_")) and beat_source in ("ppg", "rr"):
+            out.add(beat_source)
         elif base.startswith(("eda_", "acc_", "temp_")):
             out.add(base.split("_", 1)[0])
     return sorted(out)
-
-
-def top_deviations(inputs: Mapping[str, float], k: int = 3) -> dict[str, float]:
-    """The ``k`` baseline-relative inputs furthest from zero, as percent change or difference.
-
-    Cheap enough for every streamed window: log-ratios become percent changes
-    (``rel_hrv_rmssd_ms: -38.0`` means RMSSD 38% below the personal baseline), differences stay in
-    the feature's unit.
-
-    >>> top_deviations({"rel_hrv_rmssd_ms": math.log(0.62), "rel_hr_mean_bpm": 4.0}, k=1)
-    {'rel_hrv_rmssd_ms': -38.0}
-    """
-    scored: list[tuple[float, str, float]] = []
-    for name, value in inputs.items():
-        if not name.startswith("rel_") or not math.isfinite(value):
-            continue
-        kind, _ = RELATIVE_FEATURES[name.removeprefix("rel_")]
-        shown = (math.exp(value) - 1.0) * 100.0 if kind == "logratio" else value
-        # Rank log-ratios by their percent change and differences by a unit-free proxy.
-        score = abs(shown) / 100.0 if kind == "logratio" else abs(value) / (abs(value) + 10.0)
-        scored.append((score, name, round(shown, 1)))
-    scored.sort(reverse=True)
-    return {name: shown for _, name, shown in scored[:k]}

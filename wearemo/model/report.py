@@ -43,7 +43,9 @@ def _plots(summary: dict[str, Any], stem: Path) -> list[str]:
         for b in bins:
             ax.annotate(str(b["n"]), (b["mean_p"], b["observed"]), fontsize=7,
                         textcoords="offset points", xytext=(3, -9))
-        ax.set(xlabel="predicted p(stress)", ylabel="observed stress rate", xlim=(0, 1),
+        binary = len(summary.get("classes") or []) == 2
+        ax.set(xlabel="predicted p(stress)" if binary else "top-class probability",
+               ylabel="observed stress rate" if binary else "observed accuracy", xlim=(0, 1),
                ylim=(0, 1), title=f"Reliability (ECE {_f(summary['pooled'].get('ece'))})")
         ax.legend(loc="upper left")
         fig.tight_layout()
@@ -77,35 +79,53 @@ def write_report(summary: dict[str, Any], path: Path) -> Path:
     stem = path.with_suffix("")
     plots = _plots(summary, stem)
     pooled = summary.get("pooled", {})
-    conf = summary.get("confusion", {})
+    ci = summary.get("pooled_ci95") or {}
+    cm = summary.get("confusion_matrix") or {}
+    classes = cm.get("classes") or summary.get("classes") or []
+    matrix = cm.get("rows_true_cols_predicted") or []
     lines = [
         "# Evaluation report",
         "",
         f"Protocol: {summary.get('protocol', '?')}.",
         "",
-        "| pooled | value |",
-        "| --- | --- |",
-        *(f"| {k} | {_f(pooled.get(k))} |"
+        f"Target: {summary.get('target', 'stress')} ({', '.join(classes)}).",
+        "",
+        "| pooled | value | 95 % CI (cluster bootstrap over subjects) |",
+        "| --- | --- | --- |",
+        *(f"| {k} | {_f(pooled.get(k))} | "
+          f"{' – '.join(_f(v) for v in ci.get(k, [])) or '—'} |"
           for k in ("n", "balanced_accuracy", "accuracy", "macro_f1", "auroc", "ece")),
         f"| per-subject balanced accuracy, mean | "
-        f"{_f(summary.get('per_subject_balanced_accuracy_mean'))} (95 % CI "
-        f"{' – '.join(_f(v) for v in summary.get('per_subject_balanced_accuracy_ci95') or [])})"
-        " |",
-        f"| worst subject | {summary.get('worst_subject') or '—'} |",
+        f"{_f(summary.get('per_subject_balanced_accuracy_mean'))} | "
+        f"{' – '.join(_f(v) for v in summary.get('per_subject_balanced_accuracy_ci95') or [])}"
+        " (bootstrap of the mean over subjects) |",
+        f"| worst subject | {summary.get('worst_subject') or '—'} | |",
         "",
-        "## Confusion matrix (windows; stress is positive)",
+        "## Confusion matrix (windows; rows: true class, columns: predicted)",
         "",
-        "| | predicted non_stress | predicted stress |",
-        "| --- | --- | --- |",
-        f"| non_stress | {conf.get('tn', '—')} | {conf.get('fp', '—')} |",
-        f"| stress | {conf.get('fn', '—')} | {conf.get('tp', '—')} |",
+        f"| | {' | '.join(f'predicted {c}' for c in classes)} |",
+        f"| --- | {' | '.join('---' for _ in classes)} |",
+        *(f"| {c} | {' | '.join(str(v) for v in row)} |"
+          for c, row in zip(classes, matrix, strict=False)),
         "",
-        "## Predicted stress rate by task",
+        "## Predicted classes by task",
         "",
-        "| task | rate |",
-        "| --- | --- |",
-        *(f"| {t} | {_f(r, 2)} |"
-          for t, r in (summary.get("per_task_predicted_stress_rate") or {}).items()),
+        f"| task | {' | '.join(classes)} |",
+        f"| --- | {' | '.join('---' for _ in classes)} |",
+        *(f"| {t} | {' | '.join(_f(r.get(c), 2) for c in classes)} |"
+          for t, r in (summary.get("per_task_predicted") or {}).items()),
+        "",
+        "## By channel variant",
+        "",
+        "Each variant scored on every window that has its channels; `routed` is how many of "
+        "the pooled windows it scored.",
+        "",
+        "| variant | windows | balanced accuracy | macro-F1 | AUROC | ECE | routed |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *(f"| {name} | {_f(v.get('n'))} | {_f(v.get('balanced_accuracy'))} | "
+          f"{_f(v.get('macro_f1'))} | {_f(v.get('auroc'))} | {_f(v.get('ece'))} | "
+          f"{(summary.get('routed_windows') or {}).get(name, 0)} |"
+          for name, v in (summary.get("per_variant") or {}).items()),
         "",
         "## Calibration",
         "",

@@ -28,7 +28,7 @@ Example
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -84,6 +84,9 @@ class ModelSearch(ClassifierMixin, BaseEstimator):
     inner_folds
         Inner ``GroupKFold`` splits over the training groups (fewer when there are fewer
         groups; stratified folds without groups).
+    rule
+        ``"one_se"`` (default): keep the first candidate unless another beats it by more than
+        one standard error of the per-fold differences; ``"best"``: the highest mean AUROC.
     random_state
         Seed handed to every candidate.
 
@@ -104,10 +107,12 @@ class ModelSearch(ClassifierMixin, BaseEstimator):
         *,
         candidates: Sequence[Candidate] | None = None,
         inner_folds: int = 3,
+        rule: Literal["one_se", "best"] = "one_se",
         random_state: int | None = 0,
     ) -> None:
         self.candidates = candidates
         self.inner_folds = inner_folds
+        self.rule = rule
         self.random_state = random_state
 
     def __sklearn_tags__(self) -> Any:
@@ -139,6 +144,8 @@ class ModelSearch(ClassifierMixin, BaseEstimator):
         g = None if groups is None else np.asarray(groups)
         if g is not None and g.shape[0] != x.shape[0]:
             raise ValueError(f"groups has {g.shape[0]} entries for {x.shape[0]} rows")
+        if self.rule not in ("one_se", "best"):
+            raise ValueError(f"rule must be 'one_se' or 'best', got {self.rule!r}")
         candidates = list(self.candidates if self.candidates is not None else DEFAULT_CANDIDATES)
         if not candidates:
             raise ValueError("ModelSearch needs at least one candidate")
@@ -157,14 +164,35 @@ class ModelSearch(ClassifierMixin, BaseEstimator):
                     scores[name].append(_auroc(yv[te], est.predict_proba(x[te])))
         self.cv_auroc_ = {name: float(np.mean(v)) if v else float("nan")
                           for name, v in scores.items()}
-        # First candidate wins ties and the no-score case: the list order is the preference.
-        ranked = [n for n in names if np.isfinite(self.cv_auroc_[n])]
-        self.best_name_ = max(ranked, key=lambda n: self.cv_auroc_[n]) if ranked else names[0]
+        self.best_name_ = self._choose(names, scores)
         spec = dict(candidates)[self.best_name_]
         self.best_estimator_ = _estimator(spec, random_state=self.random_state).fit(
             x, yv, groups=g
         )
         return self
+
+    def _choose(self, names: list[str], scores: dict[str, list[float]]) -> str:
+        """The first candidate (the list order is the preference), unless another beats it.
+
+        With ``rule="one_se"`` a candidate must beat the first by more than one standard error
+        of their paired per-fold AUROC differences (the one-standard-error rule, Hastie,
+        Tibshirani & Friedman 2009, ESL §7.10): differences within the noise of a few inner
+        folds are not worth the selection variance they add to the outer score.
+        """
+        first = names[0]
+        base = np.asarray(scores[first], dtype=float)
+        best, best_gain = first, 0.0
+        for name in names[1:]:
+            v = np.asarray(scores[name], dtype=float)
+            if not (v.size and v.size == base.size):
+                continue
+            diff = v - base
+            gain = float(diff.mean())
+            se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+            margin = se if self.rule == "one_se" else 0.0
+            if gain > margin and gain > best_gain:
+                best, best_gain = name, gain
+        return best
 
     def predict_proba(self, X: Any) -> np.ndarray:  # noqa: N803 (scikit-learn naming)
         """Calibrated class probabilities of the chosen model (columns as ``classes_``)."""

@@ -14,9 +14,31 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["StateEstimate", "StateLabel"]
+__all__ = ["Contribution", "StateEstimate", "StateLabel"]
 
 StateLabel = Literal["stress", "non_stress", "withheld"]
+
+
+class Contribution(BaseModel):
+    """One input's part in a stress estimate (an explanation line).
+
+    ``deviation`` is the input as shown to people: percent change from the personal baseline
+    for log-ratio inputs (HRV, skin conductance level), a difference in ``unit`` for the others,
+    or the within-window slope. ``effect`` is how much ``p_stress`` would drop if only this
+    input were back at the baseline (negative: it argues against stress).
+
+    >>> Contribution(feature="rel_hrv_rmssd_ms", deviation=-38.0, unit="%", effect=0.12,
+    ...              text="RMSSD 38% below your baseline").text
+    'RMSSD 38% below your baseline'
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    feature: str
+    deviation: float
+    unit: str
+    effect: float
+    text: str
 
 
 class StateEstimate(BaseModel):
@@ -32,6 +54,11 @@ class StateEstimate(BaseModel):
     ``valence`` the probability of high valence, only from a model trained on valence labels.
     An output the serving models cannot give is ``None`` and named in ``not_estimated`` with
     the reason, so "not estimated" is never confused with a value.
+
+    ``variant`` names the model variant that scored the window (``full``, ``hr_eda``,
+    ``cardiac``, ``eda``: which channels it was trained on); ``explanation`` lists the inputs
+    with the largest effect on ``p_stress`` (``top_features`` gives the same inputs' deviations
+    as a mapping).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -44,7 +71,9 @@ class StateEstimate(BaseModel):
     reason: str | None = None
     model_version: str
     channels_used: list[str] = Field(default_factory=list)
+    variant: str | None = None
     top_features: dict[str, float] = Field(default_factory=dict)
+    explanation: list[Contribution] = Field(default_factory=list)
     arousal: float | None = Field(default=None, ge=0.0, le=1.0)
     affect: str | None = None
     affect_p: dict[str, float] = Field(default_factory=dict)

@@ -485,7 +485,8 @@ class SQLiteStore:
                 json.dumps(s.top_features),
                 s.arousal,
                 json.dumps({"affect": s.affect, "affect_p": s.affect_p, "valence": s.valence,
-                            "not_estimated": s.not_estimated}),
+                            "not_estimated": s.not_estimated, "variant": s.variant,
+                            "explanation": [c.model_dump() for c in s.explanation]}),
             )
             for s in states
         ]
@@ -665,4 +666,6 @@ def _state_from_row(row: tuple[Any, ...]) -> StateEstimate:
         affect_p=outputs.get("affect_p") or {},
         valence=outputs.get("valence"),
         not_estimated=outputs.get("not_estimated") or {},
+        variant=outputs.get("variant"),
+        explanation=outputs.get("explanation") or [],
     )
