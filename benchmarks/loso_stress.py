@@ -16,7 +16,10 @@ on the unchanged set-up):
 Usage::
 
     .venv/bin/python benchmarks/loso_stress.py [--features out/train-features.parquet]
-        [--jobs 2] [--no-ablations]
+        [--jobs 2] [--no-ablations] [--main-from wearemo/model/default/manifest.json]
+
+``--main-from`` takes the nested main run from a model manifest made from the same data (its
+data hash is checked) instead of running it again: `wearemo train` computes exactly that run.
 
 ≈ 60 min on 2 cores with the ablations (the nested main run ≈ 25 min of it).
 """
@@ -56,6 +59,8 @@ def main() -> None:
     ap.add_argument("--features", type=Path, default=Path("out/train-features.parquet"))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-ablations", dest="ablations", action="store_false")
+    ap.add_argument("--main-from", type=Path, default=None,
+                    help="reuse the LOSO summary of this model manifest (same data)")
     a = ap.parse_args()
     if not a.data.is_dir():
         print(f"{a.data} is absent: no LOSO evaluation (see shared/data/README.md)")
@@ -64,7 +69,13 @@ def main() -> None:
     t0 = time.perf_counter()
     data, digest = labelled_windows(a.data, cache=a.features, jobs=a.jobs)
     featurised = time.perf_counter() - t0
-    main_run = loso_evaluate(data, n_jobs=a.jobs).summary()
+    if a.main_from is not None:
+        manifest = json.loads(a.main_from.read_text())
+        if manifest.get("data_hash") != digest:
+            sys.exit(f"{a.main_from} was trained on other data ({manifest.get('data_hash')})")
+        main_run = manifest["loso"]
+    else:
+        main_run = loso_evaluate(data, n_jobs=a.jobs).summary()
     print("main", json.dumps(_brief(main_run)), file=sys.stderr, flush=True)
     out: dict[str, Any] = {
         "data_hash": digest[:16], "subjects": len(data),
