@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     target = run.add_mutually_exclusive_group(required=True)
     target.add_argument("--virtual", type=int, metavar="N", help="N virtual wearables (bumble)")
     target.add_argument("--address", help="a real device's address (bleak's default backend)")
-    run.add_argument("--subject", help="subject id of the real device (with --address)")
+    target.add_argument("--name", help="a device's advertised name (instead of --address)")
+    run.add_argument("--subject", help="subject id of the device (with --address/--name)")
+    run.add_argument("--bumble-transport", metavar="SPEC",
+                     help="use the bumble backend on this HCI transport instead of the "
+                     "platform's (e.g. tcp-client:127.0.0.1:9002)")
     run.add_argument("--device-id", help="device id of the real device (default from address)")
     run.add_argument("--source", default=str(DEFAULT_SOURCE),
                      help="recording folder or 'sim' (default: the shipped excerpt)")
@@ -78,9 +82,9 @@ async def _run(args: argparse.Namespace) -> RunReport:
         with contextlib.suppress(NotImplementedError):  # Windows
             loop.add_signal_handler(sig, stop.set)
     return await run_device(
-        api_url=args.api, address=args.address, subject=args.subject, device=args.device_id,
-        spool_path=args.spool, duration_s=args.duration, stop=stop,
-        drain_timeout_s=args.drain_timeout,
+        api_url=args.api, address=args.address, name=args.name, subject=args.subject,
+        device=args.device_id, spool_path=args.spool, duration_s=args.duration, stop=stop,
+        drain_timeout_s=args.drain_timeout, bumble_transport=args.bumble_transport,
     )
 
 
@@ -88,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (1 when the spool did not drain)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.address is not None and not args.subject:
-        parser.error("--address needs --subject")
+    if (args.address is not None or args.name is not None) and not args.subject:
+        parser.error("--address/--name needs --subject")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     report = asyncio.run(_run(args))

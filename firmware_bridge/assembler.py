@@ -175,6 +175,11 @@ class BatchAssembler:
         self._seen: dict[Channel, dict[int, tuple[int, int]]] = {}
         self._events: dict[Channel, _Events] = {Channel.HR: _Events(), Channel.RR: _Events()}
         self._last_event_ns: dict[Channel, int] = {}
+        # What closed batches hold: per frame channel the seq of their newest frame, per event
+        # channel (hr/rr) the time of their newest sample. Persisted with the batches (the
+        # spool's cursors), they say where a restarted bridge resumes.
+        self._closed: dict[Channel, int] = {}
+        self._floor_ns: dict[Channel, int] = {}
 
     def last_seq(self, channel: Channel) -> int | None:
         """Sequence number of the newest frame assembled for ``channel`` (None before any).
@@ -185,6 +190,43 @@ class BatchAssembler:
         True
         """
         return self._last_seq.get(Channel(channel))
+
+    def cursors(self) -> dict[Channel, int]:
+        """Where the batches closed so far end: per frame channel the seq of the newest frame
+        they hold, per ``hr``/``rr`` the time (unix ns) of their newest sample.
+
+        Example
+        -------
+        >>> import numpy as np
+        >>> asm = BatchAssembler(subject_id="s", device_id="d", max_batch_s=0.5)
+        >>> f = SensorFrame(Channel.TEMP, 3, 0, False, 4.0, np.array([33.0, 33.1]))
+        >>> _ = asm.add_frame(f, start_ns=0)
+        >>> asm.cursors()
+        {<Channel.TEMP: 'temp'>: 3}
+        """
+        return dict(self._closed)
+
+    def restore(self, cursors: dict[Channel, int]) -> None:
+        """Continue after batches a previous run (e.g. a killed process) already closed.
+
+        Frame channels continue from the given seq (a resume asks the device for the next
+        one); ``hr``/``rr`` samples at or before the given time are dropped as already stored.
+
+        Example
+        -------
+        >>> asm = BatchAssembler(subject_id="s", device_id="d")
+        >>> asm.restore({Channel.PPG: 41, Channel.HR: 10**9})
+        >>> asm.last_seq(Channel.PPG), asm.cursors()[Channel.HR]
+        (41, 1000000000)
+        """
+        for channel, value in cursors.items():
+            channel = Channel(channel)
+            self._closed[channel] = int(value)
+            if channel in self._events:
+                self._floor_ns[channel] = int(value)
+                self._last_event_ns[channel] = int(value)
+            else:
+                self._last_seq[channel] = int(value)
 
     # -- regularly sampled channels ----------------------------------------------------------
 
@@ -264,6 +306,7 @@ class BatchAssembler:
     def _close(self, channel: Channel) -> SampleBatch:
         run = self._runs.pop(channel)
         values = np.concatenate(run.values, axis=0)
+        self._closed[channel] = run.seq + len(run.values) - 1  # a run's frames are consecutive
         stats = self.stats.of(channel)
         stats.samples += run.n
         stats.batches += 1
@@ -341,22 +384,31 @@ class BatchAssembler:
     ) -> None:
         ev = self._events[channel]
         last = self._last_event_ns.get(channel)
+        floor = self._floor_ns.get(channel)
         fixed: list[int] = []
-        for t in times_ns:
+        kept: list[float] = []
+        for t, v in zip(times_ns, values, strict=True):
+            if floor is not None and t <= floor:
+                self.stats.of(channel).duplicate_frames += 1  # stored by an earlier run
+                continue
+            kept.append(v)
             if last is not None and t <= last:
                 t = last + 1  # keep strictly increasing (clock re-sync moved time back)
                 self.stats.of(channel).retimed += 1
             fixed.append(t)
             last = t
+        if not fixed:
+            return
         if not ev.times_ns:
             ev.host_time_ns = host_time_ns
         ev.times_ns.extend(fixed)
-        ev.values.extend(values)
+        ev.values.extend(kept)
         self._last_event_ns[channel] = fixed[-1]
 
     def _close_events(self, channel: Channel) -> SampleBatch:
         ev = self._events[channel]
         self._events[channel] = _Events()
+        self._closed[channel] = ev.times_ns[-1]
         stats = self.stats.of(channel)
         stats.samples += len(ev.values)
         stats.batches += 1

@@ -219,6 +219,12 @@ class DeviceLink:
             subject_id=config.subject_id, device_id=config.device_id,
             max_batch_s=config.max_batch_s,
         )
+        if config.resume:
+            # A restarted bridge (after a crash or kill) continues where its spool ends: the
+            # device re-sends the frames after the stored seqs, and HR samples already stored
+            # are not stored again.
+            self.assembler.restore({Channel(ch): v
+                                    for ch, v in spool.cursors(config.device_id).items()})
         self.stats = DeviceLinkStats()
         self.connected = asyncio.Event()
         self._queue: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue()
@@ -529,8 +535,10 @@ class DeviceLink:
     def _spool_put(self, batches: list[SampleBatch]) -> None:
         if not batches:
             return
+        device = self.config.device_id
         try:
-            self.spool.put(batches)
+            self.spool.put(batches, cursors={
+                (device, ch.value): v for ch, v in self.assembler.cursors().items()})
         except SpoolFullError as error:
             self.stats.spool_refused_batches += len(batches)
             logger.error("%s: %s", self.config.device_id, error)

@@ -278,28 +278,42 @@ async def run_virtual(config: VirtualRunConfig) -> RunReport:
 async def run_device(
     *,
     api_url: str,
-    address: str,
     subject: str,
     spool_path: str | Path,
+    address: str | None = None,
+    name: str | None = None,
     device: str | None = None,
     duration_s: float | None = None,
     stop: asyncio.Event | None = None,
     drain_timeout_s: float = 30.0,
+    bumble_transport: str | None = None,
 ) -> RunReport:
-    """One real wearable through bleak's default backend until ``duration_s`` or ``stop``.
+    """One wearable (by address or advertised name) until ``duration_s`` or ``stop``.
+
+    Through bleak's default backend (BlueZ, CoreBluetooth, WinRT), or with
+    ``bumble_transport`` (e.g. ``"tcp-client:127.0.0.1:9002"``) through the bumble backend on
+    that HCI controller: the backend is the only difference between a field run and a test
+    against the virtual wearable in another process.
 
     Example
     -------
     ``asyncio.run(run_device(api_url=url, address="AA:BB:CC:DD:EE:FF", subject="s01",
     spool_path="spool.db", duration_s=600))``
     """
+    if address is None and name is None:
+        raise ValueError("run_device needs address= or name=")
     stop = stop or asyncio.Event()
-    dev_id = device or "ble-" + address.replace(":", "").lower()
+    dev_id = device or "ble-" + (address or name or "").replace(":", "").lower()
+    transport = None if bumble_transport is None else BumbleTransport(spec=bumble_transport)
+    backend: dict[str, Any] = {} if transport is None else {
+        "backend": BleakClientBumble, "scanner_backend": BleakScannerBumble,
+        "backend_kwargs": {"bumble": transport}}
     with Spool(spool_path) as spool:
         uplink = Uplink(spool, api_url=api_url)
         uplink_stop, link_stop = asyncio.Event(), asyncio.Event()
         uplink_task = asyncio.create_task(uplink.run(uplink_stop), name="uplink")
-        dl = DeviceLink(DeviceLinkConfig(subject_id=subject, device_id=dev_id, address=address),
+        dl = DeviceLink(DeviceLinkConfig(subject_id=subject, device_id=dev_id, address=address,
+                                         name=name, **backend),
                         spool, on_spooled=uplink.notify)
         link_task = asyncio.create_task(dl.run(link_stop))
         try:
@@ -311,6 +325,8 @@ async def run_device(
             for task in (link_task, uplink_task):
                 task.cancel()
             await asyncio.gather(link_task, uplink_task, return_exceptions=True)
+            if transport is not None:
+                await bumble_central_close(transport)
         report = RunReport(spool_depth=spool.depth, dead_letters=spool.dead_depth,
                            drained=drained)
         report.subjects[subject] = _report_for(dl, {}, uplink, subject)

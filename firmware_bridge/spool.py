@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -60,6 +60,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    device_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (device_id, channel)
 );
 """
 
@@ -146,10 +152,19 @@ class Spool:
 
     # -- queue -----------------------------------------------------------------------------------
 
-    def put(self, batches: Iterable[SampleBatch]) -> int:
+    def put(
+        self,
+        batches: Iterable[SampleBatch],
+        *,
+        cursors: Mapping[tuple[str, str], int] | None = None,
+    ) -> int:
         """Queue batches in one transaction; return how many were new.
 
-        A batch whose id is already queued is skipped (idempotent).
+        A batch whose id is already queued is skipped (idempotent). ``cursors`` —
+        ``(device_id, channel) -> position`` (the newest frame seq, or for ``hr``/``rr`` the
+        newest sample time, that the spooled batches of that channel hold) — are stored in the
+        same transaction, so after a crash :meth:`cursors` says exactly where spooled data ends
+        and a restarted bridge resumes there: nothing lost, nothing twice.
 
         Raises
         ------
@@ -170,7 +185,7 @@ class Spool:
             (b.batch_id, b.subject_id, b.channel.value, b.n_samples, b.model_dump_json())
             for b in batches
         ]
-        if not rows:
+        if not rows and not cursors:
             return 0
         size = sum(len(r[4]) for r in rows)
         if self._depth + len(rows) > self.max_batches or self._bytes + size > self.max_bytes:
@@ -183,6 +198,12 @@ class Spool:
         inserted = 0
         added_bytes = 0
         with self._transaction():
+            for (device, channel_name), value in (cursors or {}).items():
+                self._db.execute(
+                    "INSERT INTO cursors (device_id, channel, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT(device_id, channel) DO UPDATE SET value = excluded.value",
+                    (device, channel_name, int(value)),
+                )
             for batch_id, subject, channel, n, body in rows:
                 cur = self._db.execute(
                     "INSERT OR IGNORE INTO batches "
@@ -196,6 +217,22 @@ class Spool:
         self._depth += inserted
         self._bytes += added_bytes
         return inserted
+
+    def cursors(self, device_id: str) -> dict[str, int]:
+        """The positions stored with :meth:`put` for one device (channel -> position).
+
+        Example
+        -------
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as tmp, Spool(pathlib.Path(tmp) / "s.db") as sp:
+        ...     _ = sp.put([], cursors={("d", "ppg"): 7})
+        ...     sp.cursors("d"), sp.cursors("other")
+        ({'ppg': 7}, {})
+        """
+        rows = self._db.execute(
+            "SELECT channel, value FROM cursors WHERE device_id = ?", (device_id,)
+        ).fetchall()
+        return {str(c): int(v) for c, v in rows}
 
     def peek(self, n: int) -> list[SampleBatch]:
         """The ``n`` oldest queued batches (not removed).

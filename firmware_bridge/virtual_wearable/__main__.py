@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import random
 from pathlib import Path
 
 from firmware_bridge.virtual_wearable.sources import RecordingSource, SignalSource, SimulatedSource
@@ -34,32 +36,71 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="random static address (default from name)")
     p.add_argument("--clock", choices=["rtc", "ticks"], default="rtc")
     p.add_argument("--seed", type=int, default=0, help="simulation seed")
-    p.add_argument("--duration", type=float, default=300.0, help="simulation length, s")
+    p.add_argument("--duration", type=float, default=None,
+                   help="simulation length (default 300 s), or where to cut a recording, s")
     p.add_argument("--heart-rate", type=float, default=70.0, help="simulated mean HR, bpm")
     p.add_argument("--linger", type=float, default=5.0,
                    help="seconds to stay connected after the source ends")
+    p.add_argument("--drops", type=int, default=0,
+                   help="chaos: drop the link this many times at random moments of the replay")
+    p.add_argument("--chaos-seed", type=int, default=0, help="seed of the drop moments")
+    p.add_argument("--report", type=Path, default=None,
+                   help="write a JSON report (samples sent per channel, drops) here at the end")
     return p
+
+
+async def _drop_links(vw: VirtualWearable, moments_s: list[float]) -> list[float]:
+    """Drop the link at each moment (source seconds); a moment with no central connected
+    waits up to 2 min for the next connection. Returns the source times of the drops."""
+    done: list[float] = []
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for moment in moments_s:
+        await asyncio.sleep(max(0.0, t0 + moment / vw.speed - loop.time()))
+        for _ in range(600):  # no central connected (it is reconnecting): try a bit later
+            if await vw.drop_link():
+                break
+            await asyncio.sleep(0.2)
+        else:
+            continue
+        done.append((loop.time() - t0) * vw.speed)
+        logging.info("chaos: dropped the link at %.1f s of source time", done[-1])
+    return done
 
 
 async def _run(args: argparse.Namespace) -> None:
     source: SignalSource
     if args.source == "sim":
-        source = SimulatedSource(seed=args.seed, duration_s=args.duration,
+        source = SimulatedSource(seed=args.seed, duration_s=args.duration or 300.0,
                                  heart_rate_bpm=args.heart_rate)
     else:
         source = RecordingSource(Path(args.source))
+        if args.duration is not None:
+            source = source.cut(args.duration)
     vw = VirtualWearable(source, name=args.name, address=args.address, speed=args.speed,
                          clock=args.clock)
     await vw.attach_transport(args.transport)
     logging.info("advertising as %s (%s); source %.0f s at speed %g", vw.name, vw.address,
                  source.duration_s, vw.speed)
     await vw.start()
+    rng = random.Random(args.chaos_seed)
+    # Drops spread over the replay, away from its first and last 5 %.
+    moments = sorted(rng.uniform(0.05, 0.95) * source.duration_s for _ in range(args.drops))
+    chaos = asyncio.ensure_future(_drop_links(vw, moments))
     try:
         await vw.wait_finished()
         await asyncio.sleep(args.linger)
     finally:
+        drops = chaos.result() if chaos.done() else []
+        chaos.cancel()
         await vw.stop()
         logging.info("sent %s; dropped %s", vw.sent_counts, vw.dropped_counts)
+        if args.report is not None:
+            args.report.write_text(json.dumps({
+                "sent": {ch.value if hasattr(ch, "value") else str(ch): n
+                         for ch, n in vw.sent_counts.items()},
+                "link_drops_s": drops, "start_unix": source.start_unix,
+            }, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -167,3 +167,31 @@ def test_flush_stale_and_bad_options() -> None:
     assert len(asm.flush_stale(host_time_ns=100 + 2 * 10**9, max_age_s=1.0)) == 1
     with pytest.raises(ValueError, match="max_batch_s"):
         BatchAssembler(subject_id="s", device_id="d", max_batch_s=0)
+
+
+def test_restore_continues_a_previous_runs_spooled_data() -> None:
+    S = 10**9  # noqa: N806
+    first = BatchAssembler(subject_id="s", device_id="d", max_batch_s=1.0)
+    for seq in range(3):  # 4 Hz temp, 2 samples a frame: a batch closes every 2 frames
+        first.add_frame(SensorFrame(Channel.TEMP, seq, seq * 500_000, True, 4.0,
+                                    np.array([33.0, 33.1])), start_ns=seq * 500_000_000)
+    first.add_heart_rate(HeartRateMeasurement(60, "detected", None, ()), time_ns=1 * S)
+    first.add_heart_rate(HeartRateMeasurement(61, "detected", None, ()), time_ns=2 * S)
+    cursors = first.cursors()
+    assert cursors == {Channel.TEMP: 1, Channel.HR: 2 * S}  # frame 2 is still open
+    second = BatchAssembler(subject_id="s", device_id="d", max_batch_s=1.0)
+    second.restore(cursors)
+    assert second.last_seq(Channel.TEMP) == 1  # a resume asks for frame 2
+    out = second.add_frame(SensorFrame(Channel.TEMP, 2, 1_000_000, True, 4.0,
+                                       np.array([33.2, 33.3])), start_ns=S)
+    out += second.add_frame(SensorFrame(Channel.TEMP, 3, 1_500_000, True, 4.0,
+                                        np.array([33.4, 33.5])), start_ns=S + S // 2)
+    assert [b.values for b in out] == [[33.2, 33.3, 33.4, 33.5]]
+    temp = second.stats.of(Channel.TEMP)
+    assert temp.gaps == 0 and temp.restarts == 0
+    # heart rate already stored by the first run is not stored again
+    second.add_heart_rate(HeartRateMeasurement(61, "detected", None, ()), time_ns=2 * S)
+    second.add_heart_rate(HeartRateMeasurement(62, "detected", None, ()), time_ns=3 * S)
+    (hr,) = [b for b in second.flush() if b.channel is Channel.HR]
+    assert hr.timestamps_ns == [3 * S] and hr.values == [62.0]
+    assert second.stats.of(Channel.HR).duplicate_frames == 1

@@ -129,3 +129,17 @@ def test_unreadable_row_is_set_aside_not_blocking(tmp_path: Path) -> None:
         (dl,) = sp.dead_letters()
         assert dl.batch is None and dl.batch_id == _batch(1).batch_id
         assert "unreadable" in dl.reason and dl.body.startswith('{"broken"')
+
+
+def test_cursors_commit_with_their_batches(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Spool(path, max_batches=2) as sp:
+        assert sp.cursors("d") == {}
+        sp.put([_batch(0)], cursors={("d", "eda"): 4, ("d", "hr"): 10**9})
+        sp.put([], cursors={("d", "eda"): 5, ("other", "eda"): 1})
+        assert sp.cursors("d") == {"eda": 5, "hr": 10**9}
+        with pytest.raises(SpoolFullError):  # refused as a whole: the cursor does not move
+            sp.put([_batch(1), _batch(2)], cursors={("d", "eda"): 9})
+        assert sp.cursors("d")["eda"] == 5
+    with Spool(path) as sp:  # durable with the batches
+        assert sp.cursors("d") == {"eda": 5, "hr": 10**9} and sp.cursors("other") == {"eda": 1}
