@@ -1,4 +1,5 @@
-"""GATT codecs: the standard Heart Rate Service and the wearemo sensor service.
+"""GATT codecs: the standard Heart Rate Service, the wearemo sensor service and Polar PMD
+(:mod:`firmware_bridge.gatt.polar_pmd`).
 
 Decoders raise only :class:`GattDecodeError` on malformed input.
 

@@ -16,6 +16,13 @@ from firmware_bridge.gatt import (
     decode_heart_rate_measurement,
     decode_hr_control_point,
 )
+from firmware_bridge.gatt.polar_pmd import (
+    MeasurementType,
+    decode_pmd_control_response,
+    decode_pmd_frame,
+    decode_pmd_settings,
+    encode_pmd_frame,
+)
 from firmware_bridge.gatt.wearemo_sensor import (
     SensorFrame,
     crc16_ccitt_false,
@@ -30,6 +37,7 @@ from wearemo.samples import Channel
 DECODERS: list[Callable[[bytes], object]] = [
     decode_heart_rate_measurement, decode_body_sensor_location, decode_hr_control_point,
     decode_frame, decode_command, decode_response, decode_info,
+    decode_pmd_frame, decode_pmd_settings, decode_pmd_control_response,
 ]
 
 FUZZ = settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -74,3 +82,27 @@ def mutated_frames(draw: st.DrawFn) -> bytes:
 @given(mutated_frames())
 def test_mutated_sealed_frames(data: bytes) -> None:
     _only_gatt_errors(decode_frame, data)
+
+
+_PMD_SEEDS = [
+    encode_pmd_frame(MeasurementType.ACC, 5, np.arange(30).reshape(10, 3) * 37, compressed=True,
+                     block=4),
+    encode_pmd_frame(MeasurementType.PPG, 5, np.arange(8).reshape(2, 4)),
+]
+
+
+@st.composite
+def mutated_pmd_frames(draw: st.DrawFn) -> bytes:
+    """Valid PMD frames with bytes changed, cut or extended (delta widths and counts too)."""
+    data = bytearray(draw(st.sampled_from(_PMD_SEEDS)))
+    for _ in range(draw(st.integers(1, 4))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    return bytes(data) + draw(st.binary(max_size=8))
+
+
+@FUZZ
+@given(mutated_pmd_frames())
+def test_mutated_pmd_frames(data: bytes) -> None:
+    _only_gatt_errors(decode_pmd_frame, data)
