@@ -197,8 +197,8 @@ def _unpack_deltas(block: bytes, width: int, count: int) -> np.ndarray:
     """``count`` signed ``width``-bit values packed LSB-first."""
     if width == 0:
         return np.zeros(count, dtype=np.int64)
-    bits = np.unpackbits(np.frombuffer(block, dtype=np.uint8), bitorder="little")
-    bits = bits[: width * count].reshape(count, width).astype(np.int64)
+    stream = np.unpackbits(np.frombuffer(block, dtype=np.uint8), bitorder="little")
+    bits = stream[: width * count].reshape(count, width).astype(np.int64)
     value = bits @ (1 << np.arange(width, dtype=np.int64))
     return np.where(bits[:, -1] == 1, value - (1 << width), value)
 
