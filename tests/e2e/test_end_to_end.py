@@ -134,3 +134,23 @@ def test_demo_command_writes_summary(tmp_path: Path) -> None:
     assert s["windows"] == sum(s["states"].values()) > 50
     assert s["states"]["withheld"] >= 40  # the 4-min personal-baseline warm-up at least
     assert result["store_rows"] > s["windows"]
+
+
+def test_demo_chaos_counts_lost_and_duplicate_samples(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "wearemo", "demo", "--chaos", "--duration", "120", "--speed", "4",
+         "--summary", str(summary), "--workdir", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(summary.read_text())
+    assert [f.split(" at ")[0] for f in result["chaos"]["faults"]] == [
+        "api-down", "api-up", "kill-bridge"]
+    (s,) = result["subjects"].values()
+    assert s["link_drops"] == 3
+    for ch in ("ppg", "eda", "temp", "acc"):  # resumed by sequence number: all of it, once
+        assert s["lost_samples"][ch] == 0 and s["duplicate_samples"][ch] == 0, ch
+    assert s["samples"]["ppg"] == 120 * 64 and s["samples"]["eda"] == 120 * 4
+    assert s["duplicate_samples"]["hr"] == 0  # heart rate: lost by protocol, never twice
+    assert 0 < s["samples"]["hr"] <= 120
