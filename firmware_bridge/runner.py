@@ -23,6 +23,9 @@ import contextlib
 import json
 import logging
 import math
+import random
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,18 +40,21 @@ from firmware_bridge.bumble_backend import (
 )
 from firmware_bridge.device_link import DeviceLink, DeviceLinkConfig
 from firmware_bridge.spool import Spool
+from firmware_bridge.status import LiveStatus
 from firmware_bridge.uplink import Uplink
 from firmware_bridge.virtual_wearable import RecordingSource, SimulatedSource, VirtualWearable
 from firmware_bridge.virtual_wearable.sources import SignalSource
 
 __all__ = [
     "DEFAULT_SOURCE",
+    "DeviceTarget",
     "RunReport",
     "SubjectReport",
     "VirtualRunConfig",
     "device_id",
     "load_source",
     "run_device",
+    "run_devices",
     "run_virtual",
     "subject_id",
 ]
@@ -154,6 +160,11 @@ class VirtualRunConfig:
         Longest wait for the spool to drain at the end.
     mtu
         ATT MTU the bridge requests.
+    chaos_drops
+        Fault injection: each wearable drops its link this many times at random moments of
+        its replay (seeded by ``seed``).
+    live
+        Show the live status table (devices, rates, gaps, spool, uplink) on stderr.
     """
 
     api_url: str
@@ -166,6 +177,8 @@ class VirtualRunConfig:
     seed: int = 0
     drain_timeout_s: float = 60.0
     mtu: int = 247
+    chaos_drops: int = 0
+    live: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_virtual <= 99:
@@ -204,6 +217,19 @@ async def _finish(
     uplink_stop.set()
     await asyncio.gather(uplink_task, return_exceptions=True)
     return await uplink.drain(timeout_s=drain_timeout_s)
+
+
+async def _chaos(wearables: Sequence[VirtualWearable], drops: int, *, seed: int) -> None:
+    """Drop each wearable's link ``drops`` times at random moments of its replay."""
+    rng = random.Random(seed)
+    plan = sorted((rng.uniform(0.05, 0.95) * vw.source.duration_s / vw.speed, k)
+                  for k, vw in enumerate(wearables) for _ in range(drops))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for at, k in plan:
+        await asyncio.sleep(max(0.0, t0 + at - loop.time()))
+        if await wearables[k].drop_link():
+            logger.info("chaos: dropped the link of %s", wearables[k].name)
 
 
 async def run_virtual(config: VirtualRunConfig) -> RunReport:
@@ -251,6 +277,12 @@ async def run_virtual(config: VirtualRunConfig) -> RunReport:
                 await vw.start()
             for dl in links:
                 link_tasks.append(asyncio.create_task(dl.run(link_stop)))
+            if config.live:
+                link_tasks.append(asyncio.create_task(
+                    LiveStatus(links, spool, uplink).run(link_stop)))
+            if config.chaos_drops:
+                link_tasks.append(asyncio.create_task(
+                    _chaos(wearables, config.chaos_drops, seed=config.seed)))
             # Every source is exactly duration_s long (load_source cuts recordings), so the
             # wearables finish by themselves, having sent exactly what the source holds.
             await asyncio.gather(*(vw.wait_finished() for vw in wearables))
@@ -275,6 +307,96 @@ async def run_virtual(config: VirtualRunConfig) -> RunReport:
     return report
 
 
+@dataclass(frozen=True)
+class DeviceTarget:
+    """One real (or separately running virtual) wearable to bridge.
+
+    ``address`` or ``name`` finds it; ``subject`` is its pseudonymous subject id; ``device_id``
+    defaults to ``ble-`` + the address or name.
+    """
+
+    subject: str
+    address: str | None = None
+    name: str | None = None
+    device_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.address is None) == (self.name is None):
+            raise ValueError("DeviceTarget needs exactly one of address= and name=")
+
+    @property
+    def id(self) -> str:
+        """The device id stamped on its batches: ``device_id``, or ``ble-`` + the address
+        without colons or the name, lower-cased, other characters than ``[a-z0-9._-]`` as
+        ``-`` (ids must match the API's pseudonymous-id pattern)."""
+        if self.device_id:
+            return self.device_id
+        raw = (self.address or self.name or "").replace(":", "").lower()
+        return ("ble-" + re.sub(r"[^a-z0-9._-]", "-", raw))[:128]
+
+
+async def run_devices(
+    targets: Sequence[DeviceTarget],
+    *,
+    api_url: str,
+    spool_path: str | Path,
+    duration_s: float | None = None,
+    stop: asyncio.Event | None = None,
+    drain_timeout_s: float = 30.0,
+    bumble_transport: str | None = None,
+    live: bool = False,
+) -> RunReport:
+    """Several wearables on one bridge (one spool, one uplink) until ``duration_s`` or
+    ``stop``.
+
+    Through bleak's default backend (BlueZ, CoreBluetooth, WinRT), or with
+    ``bumble_transport`` (e.g. ``"tcp-client:127.0.0.1:9002"``) through the bumble backend on
+    that HCI controller: the backend is the only difference between a field run and a test
+    against the virtual wearable in another process.
+
+    Example
+    -------
+    ``asyncio.run(run_devices([DeviceTarget("s01", address="AA:BB:CC:DD:EE:FF")],
+    api_url=url, spool_path="spool.db", duration_s=600))``
+    """
+    if not targets:
+        raise ValueError("run_devices needs at least one device")
+    ids = [t.id for t in targets]
+    if len(set(ids)) != len(ids) or len({t.subject for t in targets}) != len(targets):
+        raise ValueError(f"device ids and subjects must be unique, got {ids}")
+    stop = stop or asyncio.Event()
+    transport = None if bumble_transport is None else BumbleTransport(spec=bumble_transport)
+    backend: dict[str, Any] = {} if transport is None else {
+        "backend": BleakClientBumble, "scanner_backend": BleakScannerBumble,
+        "backend_kwargs": {"bumble": transport}}
+    with Spool(spool_path) as spool:
+        uplink = Uplink(spool, api_url=api_url)
+        uplink_stop, link_stop = asyncio.Event(), asyncio.Event()
+        uplink_task = asyncio.create_task(uplink.run(uplink_stop), name="uplink")
+        links = [DeviceLink(DeviceLinkConfig(subject_id=t.subject, device_id=t.id,
+                                             address=t.address, name=t.name, **backend),
+                            spool, on_spooled=uplink.notify) for t in targets]
+        tasks = [asyncio.create_task(dl.run(link_stop)) for dl in links]
+        if live:
+            tasks.append(asyncio.create_task(LiveStatus(links, spool, uplink).run(link_stop)))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration_s)
+            drained = await _finish(links, tasks, link_stop, uplink, uplink_task,
+                                    uplink_stop, drain_timeout_s)
+        finally:
+            for task in (*tasks, uplink_task):
+                task.cancel()
+            await asyncio.gather(*tasks, uplink_task, return_exceptions=True)
+            if transport is not None:
+                await bumble_central_close(transport)
+        report = RunReport(spool_depth=spool.depth, dead_letters=spool.dead_depth,
+                           drained=drained)
+        for t, dl in zip(targets, links, strict=True):
+            report.subjects[t.subject] = _report_for(dl, {}, uplink, t.subject)
+    return report
+
+
 async def run_device(
     *,
     api_url: str,
@@ -288,12 +410,7 @@ async def run_device(
     drain_timeout_s: float = 30.0,
     bumble_transport: str | None = None,
 ) -> RunReport:
-    """One wearable (by address or advertised name) until ``duration_s`` or ``stop``.
-
-    Through bleak's default backend (BlueZ, CoreBluetooth, WinRT), or with
-    ``bumble_transport`` (e.g. ``"tcp-client:127.0.0.1:9002"``) through the bumble backend on
-    that HCI controller: the backend is the only difference between a field run and a test
-    against the virtual wearable in another process.
+    """One wearable (by address or advertised name): :func:`run_devices` with one target.
 
     Example
     -------
@@ -302,32 +419,7 @@ async def run_device(
     """
     if address is None and name is None:
         raise ValueError("run_device needs address= or name=")
-    stop = stop or asyncio.Event()
-    dev_id = device or "ble-" + (address or name or "").replace(":", "").lower()
-    transport = None if bumble_transport is None else BumbleTransport(spec=bumble_transport)
-    backend: dict[str, Any] = {} if transport is None else {
-        "backend": BleakClientBumble, "scanner_backend": BleakScannerBumble,
-        "backend_kwargs": {"bumble": transport}}
-    with Spool(spool_path) as spool:
-        uplink = Uplink(spool, api_url=api_url)
-        uplink_stop, link_stop = asyncio.Event(), asyncio.Event()
-        uplink_task = asyncio.create_task(uplink.run(uplink_stop), name="uplink")
-        dl = DeviceLink(DeviceLinkConfig(subject_id=subject, device_id=dev_id, address=address,
-                                         name=name, **backend),
-                        spool, on_spooled=uplink.notify)
-        link_task = asyncio.create_task(dl.run(link_stop))
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), duration_s)
-            drained = await _finish([dl], [link_task], link_stop, uplink, uplink_task,
-                                    uplink_stop, drain_timeout_s)
-        finally:
-            for task in (link_task, uplink_task):
-                task.cancel()
-            await asyncio.gather(link_task, uplink_task, return_exceptions=True)
-            if transport is not None:
-                await bumble_central_close(transport)
-        report = RunReport(spool_depth=spool.depth, dead_letters=spool.dead_depth,
-                           drained=drained)
-        report.subjects[subject] = _report_for(dl, {}, uplink, subject)
-    return report
+    return await run_devices(
+        [DeviceTarget(subject, address=address, name=name, device_id=device)],
+        api_url=api_url, spool_path=spool_path, duration_s=duration_s, stop=stop,
+        drain_timeout_s=drain_timeout_s, bumble_transport=bumble_transport)

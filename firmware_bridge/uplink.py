@@ -71,6 +71,9 @@ class UplinkStats:
         Batches moved to the dead-letter table.
     uploaded_samples
         Samples acked (stored or duplicate) per subject and channel.
+    last_error
+        Why the latest attempt failed (None once a request succeeds again): the live status's
+        "API down" indicator.
     """
 
     requests: int = 0
@@ -79,6 +82,7 @@ class UplinkStats:
     duplicates: int = 0
     dead_lettered: int = 0
     uploaded_samples: dict[str, dict[str, int]] = field(default_factory=dict)
+    last_error: str | None = None
 
     def _count(self, batch: SampleBatch) -> None:
         per = self.uploaded_samples.setdefault(batch.subject_id, {})
@@ -213,8 +217,10 @@ class Uplink:
         try:
             await self._send(client, batches)
             self._attempt = 0
+            self.stats.last_error = None
         except _TransientError as why:
             self.stats.retries += 1
+            self.stats.last_error = str(why)
             delay = random.uniform(
                 0, min(self.backoff_max_s, self.backoff_initial_s * 2**self._attempt)
             )

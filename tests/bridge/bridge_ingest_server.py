@@ -132,3 +132,13 @@ class IngestServer:
             key = (b.subject_id, b.channel.value)
             out[key] = out.get(key, 0) + b.n_samples
         return out
+
+    def sample_multiplicity(self) -> dict[tuple[str, str, int], int]:
+        """How often each (subject, channel, sample time in ns) is stored: 1 everywhere means
+        no sample was stored twice under different batch ids."""
+        out: dict[tuple[str, str, int], int] = {}
+        for b in self.stored.values():
+            for t in b.times_ns().tolist():
+                key = (b.subject_id, b.channel.value, int(t))
+                out[key] = out.get(key, 0) + 1
+        return out
