@@ -87,6 +87,30 @@ def test_duplicates_are_stored_once(tmp_path: Path, model: StressModel,
         assert store.subject_summary("s1").samples == {"ppg": 12 * 640, "eda": 12 * 40}
 
 
+def test_listeners_see_every_stored_state_once_and_a_failing_one_breaks_nothing(
+        tmp_path: Path, model: StressModel, batches: list[SampleBatch]) -> None:
+    with SQLiteStore(tmp_path / "w.sqlite3") as store:
+        pipeline = Pipeline(store, model)
+        seen: list = []
+        stored_when_seen: list[bool] = []
+
+        def listener(states) -> None:
+            seen.extend(states)
+            stored_when_seen.append(store.latest_state("s1") == states[-1])
+
+        def broken(states) -> None:
+            raise RuntimeError("listener bug")
+
+        pipeline.subscribe(broken)
+        unsubscribe = pipeline.subscribe(listener)
+        report = pipeline.ingest(batches[:40])
+        assert report.rejected is None and report.states > 0
+        assert seen == store.states("s1") and all(stored_when_seen)
+        unsubscribe()
+        more = pipeline.ingest(batches[40:])
+        assert more.states > 0 and len(seen) == report.states  # no calls after unsubscribe
+
+
 def test_out_of_order_batch_is_rejected_and_nothing_lost(
     tmp_path: Path, model: StressModel, batches: list[SampleBatch]
 ) -> None:

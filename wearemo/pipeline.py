@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
@@ -48,7 +48,16 @@ from wearemo.samples import Channel, SampleBatch
 from wearemo.store import BatchConflictError, StateStore
 from wearemo.store.base import Calibration
 
-__all__ = ["BaselineStatus", "CalibrationError", "Pipeline", "UnknownSubjectError"]
+__all__ = [
+    "BaselineStatus",
+    "CalibrationError",
+    "Pipeline",
+    "StateListener",
+    "UnknownSubjectError",
+]
+
+#: Called with each subject's new states right after they are stored (live streams, alerts).
+StateListener = Callable[[Sequence[StateEstimate]], None]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +166,7 @@ class Pipeline:
         self._subjects: dict[str, _Subject] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._registry_lock = threading.Lock()
+        self._listeners: list[StateListener] = []
 
     # -- public -----------------------------------------------------------------------------
 
@@ -194,6 +204,36 @@ class Pipeline:
             if result.status == "rejected":
                 break
         return report
+
+    def subscribe(self, listener: StateListener) -> Callable[[], None]:
+        """Call ``listener`` with every batch of new states once they are stored.
+
+        Listeners run on the ingesting thread under the subject's lock, so they must be quick
+        and must not block (hand the states to a queue or an event loop); an exception in one
+        is logged and never fails the ingest. States reach listeners in window order per
+        subject, only after the store holds them (a listener never announces a state a reader
+        could not then fetch).
+
+        Returns
+        -------
+        Callable[[], None]
+            Removes the listener.
+
+        Example
+        -------
+        >>> seen = []
+        >>> unsubscribe = pipeline.subscribe(seen.extend)  # doctest: +SKIP
+        >>> unsubscribe()                                  # doctest: +SKIP
+        """
+        with self._registry_lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._registry_lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
 
     def flush(self, subject_id: str | None = None) -> IngestReport:
         """Close every pending window (end of a recording) and store windows and states.
@@ -380,6 +420,11 @@ class Pipeline:
         self.store.add_windows(windows)
         report.windows += len(windows)
         report.states += len(states)
+        for listener in list(self._listeners):
+            try:
+                listener(states)
+            except Exception:
+                log.exception("state listener %r failed", listener)
 
     def _status(self, sub: _Subject, calibration: Calibration | None) -> BaselineStatus:
         b = sub.estimator.baseline
