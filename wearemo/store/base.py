@@ -30,6 +30,9 @@ from wearemo.samples import Channel, ChannelSamples, SampleBatch
 __all__ = [
     "BatchConflictError",
     "Calibration",
+    "ERASE_KINDS",
+    "StoreBackpressureError",
+    "StoreUnavailableError",
     "StateStore",
     "SubjectSummary",
     "batch_digest",
@@ -39,6 +42,30 @@ __all__ = [
 class BatchConflictError(ValueError):
     """A batch id was re-sent with different content (a client bug, never silently merged)."""
 
+
+class StoreUnavailableError(RuntimeError):
+    """The backend cannot take or answer this call now; retrying after ``retry_after_s`` may work.
+
+    The API answers it with HTTP 503 and a ``Retry-After`` header. Nothing of the call was
+    stored (a write either lands in full or not at all).
+
+    Example
+    -------
+    >>> StoreUnavailableError("influx down", retry_after_s=5).retry_after_s
+    5
+    """
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StoreBackpressureError(StoreUnavailableError):
+    """The store's bounded write buffer is full: the write was refused, not dropped."""
+
+
+#: Kinds of record counted by :meth:`StateStore.erase_subject` and :meth:`StateStore.delete_before`.
+ERASE_KINDS = ("samples", "batches", "windows", "states", "calibrations")
 
 
 class Calibration(BaseModel):
@@ -230,6 +257,22 @@ class StateStore(Protocol):
 
     def calibration(self, subject_id: str) -> Calibration | None:
         """The subject's latest calibration period, or ``None``."""
+        ...
+
+    def erase_subject(self, subject_id: str) -> dict[str, int]:
+        """Delete everything stored of one subject; counts removed per kind (``ERASE_KINDS``).
+
+        Samples, batches (so their ids may be sent again), windows, states and calibrations.
+        """
+        ...
+
+    def delete_before(self, cutoff_ns: int) -> dict[str, int]:
+        """Retention: remove data older than ``cutoff_ns``; counts removed per kind.
+
+        Batches whose last sample is before the cutoff (with their samples; a batch reaching
+        past the cutoff is kept whole), windows and states whose window ends before it, and
+        calibrations whose period ends before it.
+        """
         ...
 
     def ping(self) -> bool:

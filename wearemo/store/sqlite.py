@@ -610,6 +610,85 @@ class SQLiteStore:
             last_state=last,
         )
 
+    # -- privacy: erasure and retention ------------------------------------------------------
+
+    def erase_subject(self, subject_id: str) -> dict[str, int]:
+        """Delete every record of one subject in one transaction; counts removed per kind.
+
+        Example
+        -------
+        >>> s = SQLiteStore(":memory:")
+        >>> _ = s.add_batch(SampleBatch(batch_id="b", subject_id="s1", device_id="d",
+        ...                             channel="hr", start_ns=0, rate_hz=1.0, values=[60.0]))
+        >>> s.erase_subject("s1"), s.has_subject("s1")
+        ({'samples': 1, 'batches': 1, 'windows': 0, 'states': 0, 'calibrations': 0}, False)
+        """
+        where = "WHERE subject_id = ?"
+        return self._delete_counted(
+            {
+                "batches": (where, (subject_id,)),
+                "windows": (where, (subject_id,)),
+                "states": (where, (subject_id,)),
+                "calibrations": (where, (subject_id,)),
+                "channels": (where, (subject_id,)),
+            }
+        )
+
+    def delete_before(self, cutoff_ns: int) -> dict[str, int]:
+        """Retention: drop batches ending, windows/states/calibrations ending, before a cutoff.
+
+        A batch reaching past the cutoff is kept whole (its samples and digest stay intact);
+        the per-channel counts are rebuilt from what remains.
+
+        Example
+        -------
+        >>> SQLiteStore(":memory:").delete_before(10**18)["samples"]
+        0
+        """
+        cut = (int(cutoff_ns),)
+        return self._delete_counted(
+            {
+                "batches": ("WHERE end_ns < ?", cut),
+                "windows": ("WHERE end_ns < ?", cut),
+                "states": ("WHERE window_end_ns < ?", cut),
+                "calibrations": ("WHERE end_ns < ?", cut),
+            },
+            rebuild_channels=True,
+        )
+
+    def _delete_counted(
+        self,
+        plan: dict[str, tuple[str, tuple[object, ...]]],
+        *,
+        rebuild_channels: bool = False,
+    ) -> dict[str, int]:
+        counts = {"samples": 0, "batches": 0, "windows": 0, "states": 0, "calibrations": 0}
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                where, args = plan["batches"]
+                n_batches, n_samples = self._conn.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(n_samples), 0) FROM batches {where}", args
+                ).fetchone()
+                counts["batches"], counts["samples"] = int(n_batches), int(n_samples)
+                for table, (where, args) in plan.items():
+                    n = self._conn.execute(f"DELETE FROM {table} {where}", args).rowcount
+                    if table in counts and table != "batches":
+                        counts[table] = int(n)
+                if rebuild_channels:
+                    # the running counts must describe what is left, not what was ever stored
+                    self._conn.execute("DELETE FROM channels")
+                    self._conn.execute(
+                        "INSERT INTO channels SELECT subject_id, channel, COUNT(*), "
+                        "SUM(n_samples), MIN(start_ns), MAX(end_ns) FROM batches "
+                        "GROUP BY subject_id, channel"
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return counts
+
     # -- housekeeping -----------------------------------------------------------------------
 
     def journal_mode(self) -> str:
