@@ -17,6 +17,7 @@ Example
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -36,6 +37,8 @@ __all__ = [
     "StateStore",
     "SubjectSummary",
     "batch_digest",
+    "window_from_json",
+    "window_to_json",
 ]
 
 
@@ -282,3 +285,49 @@ class StateStore(Protocol):
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
         ...
+
+
+def window_to_json(window: FeatureWindow) -> str:
+    """The variable parts of a window as JSON (NaN features kept as ``NaN``), for any backend.
+
+    Example
+    -------
+    >>> w = FeatureWindow(subject_id="s", start_ns=0, end_ns=60, features={"x": float("nan")},
+    ...                   sample_counts={}, coverage={}, quality={}, motion=False,
+    ...                   beat_source="none", n_beats=0, methods={})
+    >>> window_from_json("s", 0, 60, window_to_json(w)).features
+    {'x': nan}
+    """
+    w = window
+    return json.dumps(
+        {
+            "features": w.features,
+            "sample_counts": w.sample_counts,
+            "coverage": w.coverage,
+            "quality": w.quality,
+            "motion": w.motion,
+            "beat_source": w.beat_source,
+            "n_beats": w.n_beats,
+            "methods": w.methods,
+            "reasons": w.reasons,
+        }
+    )
+
+
+def window_from_json(subject_id: str, start_ns: int, end_ns: int, body: str) -> FeatureWindow:
+    """Rebuild a :class:`FeatureWindow` from :func:`window_to_json` and its key."""
+    d = json.loads(body)
+    return FeatureWindow(
+        subject_id=subject_id,
+        start_ns=int(start_ns),
+        end_ns=int(end_ns),
+        features={k: float(v) for k, v in d["features"].items()},
+        sample_counts={k: int(v) for k, v in d["sample_counts"].items()},
+        coverage={k: float(v) for k, v in d["coverage"].items()},
+        quality={k: float(v) for k, v in d["quality"].items()},
+        motion=bool(d["motion"]),
+        beat_source=str(d["beat_source"]),
+        n_beats=int(d["n_beats"]),
+        methods={k: str(v) for k, v in d["methods"].items()},
+        reasons={k: str(v) for k, v in d.get("reasons", {}).items()},
+    )

@@ -52,7 +52,14 @@ import numpy as np
 from wearemo.features.window import FeatureWindow
 from wearemo.model.state import StateEstimate
 from wearemo.samples import CHANNEL_AXES, Channel, ChannelSamples, SampleBatch
-from wearemo.store.base import BatchConflictError, Calibration, SubjectSummary, batch_digest
+from wearemo.store.base import (
+    BatchConflictError,
+    Calibration,
+    SubjectSummary,
+    batch_digest,
+    window_from_json,
+    window_to_json,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -407,19 +414,7 @@ class SQLiteStore:
                 w.subject_id,
                 w.start_ns,
                 w.end_ns,
-                json.dumps(
-                    {
-                        "features": w.features,
-                        "sample_counts": w.sample_counts,
-                        "coverage": w.coverage,
-                        "quality": w.quality,
-                        "motion": w.motion,
-                        "beat_source": w.beat_source,
-                        "n_beats": w.n_beats,
-                        "methods": w.methods,
-                        "reasons": w.reasons,
-                    }
-                ),
+                window_to_json(w),
             )
             for w in windows
         ]
@@ -447,26 +442,7 @@ class SQLiteStore:
                 + " ORDER BY end_ns LIMIT ?",
                 [subject_id, *args, int(limit)],
             ).fetchall()
-        out = []
-        for subject, w_start, w_end, body in rows:
-            d = json.loads(body)
-            out.append(
-                FeatureWindow(
-                    subject_id=subject,
-                    start_ns=w_start,
-                    end_ns=w_end,
-                    features={k: float(v) for k, v in d["features"].items()},
-                    sample_counts={k: int(v) for k, v in d["sample_counts"].items()},
-                    coverage={k: float(v) for k, v in d["coverage"].items()},
-                    quality={k: float(v) for k, v in d["quality"].items()},
-                    motion=bool(d["motion"]),
-                    beat_source=str(d["beat_source"]),
-                    n_beats=int(d["n_beats"]),
-                    methods={k: str(v) for k, v in d["methods"].items()},
-                    reasons={k: str(v) for k, v in d.get("reasons", {}).items()},
-                )
-            )
-        return out
+        return [window_from_json(*row) for row in rows]
 
     # -- states -----------------------------------------------------------------------------
 

@@ -1,0 +1,133 @@
+"""Real time-series servers for the store tests: influxd 1.6.7 and victoria-metrics on loopback.
+
+Each is started once per session from its Debian package's binary (``scripts/servers.sh``
+installs them; ``make test`` runs it), with a generated configuration in a temp dir, on free
+loopback ports, and stopped at the end. A missing binary fails the tests with the install hint:
+CI must exercise them, never skip them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+HINT = "run `sudo bash scripts/servers.sh` (or `apt-get install influxdb victoria-metrics`)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not installed: {HINT}", pytrace=False)
+    return path
+
+
+@dataclass
+class Server:
+    """A running server process and its base URL; ``stop``/``start`` keep its data dir."""
+
+    name: str
+    argv: list[str]
+    url: str
+    ready_path: str
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=1).status_code < 300:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready in {timeout_s} s: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+INFLUXD_CONF = """\
+reporting-disabled = true
+bind-address = "127.0.0.1:{rpc}"
+[meta]
+  dir = "{root}/meta"
+  logging-enabled = false
+[data]
+  dir = "{root}/data"
+  wal-dir = "{root}/wal"
+  query-log-enabled = false
+  wal-fsync-delay = "0s"
+[coordinator]
+  max-select-point = 0
+  max-select-series = 0
+[retention]
+  enabled = false
+[monitor]
+  store-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{http}"
+  log-enabled = false
+  max-row-limit = 0
+[subscriber]
+  enabled = false
+[continuous_queries]
+  enabled = false
+"""
+
+
+@pytest.fixture(scope="session")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """influxd (Debian's 1.6.7) with its own config, dirs and free loopback ports."""
+    exe = binary("influxd")
+    root = tmp_path_factory.mktemp("influxd")
+    http = free_port()
+    conf = root / "influxdb.conf"
+    conf.write_text(INFLUXD_CONF.format(root=root, rpc=free_port(), http=http))
+    server = Server("influxd", [exe, "-config", str(conf)], f"http://127.0.0.1:{http}",
+                    "/ping", root / "influxd.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """victoria-metrics (Debian's package): accepts the InfluxDB line protocol on /api/v2/write."""
+    exe = binary("victoria-metrics")
+    root = tmp_path_factory.mktemp("vm")
+    port = free_port()
+    server = Server(
+        "victoria-metrics",
+        [exe, f"-httpListenAddr=127.0.0.1:{port}", f"-storageDataPath={root / 'data'}",
+         "-retentionPeriod=100y", "-search.latencyOffset=0s", "-loggerLevel=ERROR"],
+        f"http://127.0.0.1:{port}", "/health", root / "vm.log")
+    server.start()
+    yield server
+    server.stop()
