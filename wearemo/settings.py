@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         return self.data_dir / "wearemo.sqlite3"
 
     def resolved_influx_buffer_dir(self) -> Path:
-        """The Influx write buffer's directory: ``influx_buffer_dir`` or ``data_dir/influx-buffer``."""
+        """The Influx write buffer: ``influx_buffer_dir`` or ``data_dir / "influx-buffer"``."""
         if self.influx_buffer_dir is not None:
             return self.influx_buffer_dir
         return self.data_dir / "influx-buffer"

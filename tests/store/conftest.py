@@ -59,7 +59,8 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"{self.name} not ready in {timeout_s} s: {self.log.read_text()[-2000:]}")
+        tail = self.log.read_text()[-2000:]
+        raise RuntimeError(f"{self.name} not ready in {timeout_s} s: {tail}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -29,12 +29,12 @@ from wearemo.model.state import StateEstimate
 from wearemo.samples import Channel, ChannelSamples, SampleBatch
 
 __all__ = [
+    "ERASE_KINDS",
     "BatchConflictError",
     "Calibration",
-    "ERASE_KINDS",
+    "StateStore",
     "StoreBackpressureError",
     "StoreUnavailableError",
-    "StateStore",
     "SubjectSummary",
     "batch_digest",
     "window_from_json",

@@ -80,7 +80,6 @@ log = logging.getLogger(__name__)
 #: Lines per write request (InfluxData's recommended batch size).
 BATCH_LINES = 5000
 _AXES = {1: ("v",), 3: ("x", "y", "z")}
-_KINDS = ("samples", "batches", "windows", "states", "calibrations")
 _MEASUREMENTS = ("samples", "batches", "windows", "states", "calibrations")
 
 
@@ -435,7 +434,8 @@ class InfluxStore:
                     return
                 rows = self._db.execute(
                     "SELECT id, body, n_lines FROM outbox ORDER BY id LIMIT 64").fetchall()
-                picked, n = [], 0
+                picked: list[tuple[int, bytes]] = []
+                n = 0
                 for rid, body, lines in rows:
                     if picked and n + lines > 20 * BATCH_LINES:
                         break
@@ -555,14 +555,14 @@ class InfluxStore:
                     raise InfluxQueryError(
                         f"InfluxQL rejected ({result['error']}): {statements[:200]}")
                 sid = int(result.get("statement_id", 0))
-                merged[sid]  # noqa: B018 - a statement without series still has a result
+                found = merged[sid]  # a statement without series still has a (empty) result
                 for series in result.get("series", []):
                     key = (series.get("name", ""), json.dumps(series.get("tags", {}),
                                                               sort_keys=True))
-                    if key in merged[sid]:
-                        merged[sid][key]["values"].extend(series.get("values", []))
+                    if key in found:
+                        found[key]["values"].extend(series.get("values", []))
                     else:
-                        merged[sid][key] = {"name": key[0], "tags": series.get("tags", {}),
+                        found[key] = {"name": key[0], "tags": series.get("tags", {}),
                                             "columns": series["columns"],
                                             "values": list(series.get("values", []))}
         if r.status_code >= 400:
@@ -581,14 +581,14 @@ class InfluxStore:
         return out
 
     @staticmethod
-    def _where(subject_id: str, *, field: str = "time", start_ns: int | None = None,
-               end_ns: int | None = None, **tags: str) -> str:
+    def _where(subject_id: str, *, start_ns: int | None = None, end_ns: int | None = None,
+               **tags: str) -> str:
         parts = [f'"subject" = {influxql_str(subject_id)}']
         parts += [f"{influxql_ident(k)} = {influxql_str(v)}" for k, v in tags.items()]
         if start_ns is not None:
-            parts.append(f"{field} >= {int(start_ns)}")
+            parts.append(f"time >= {int(start_ns)}")
         if end_ns is not None:
-            parts.append(f"{field} < {int(end_ns)}")
+            parts.append(f"time < {int(end_ns)}")
         return " WHERE " + " AND ".join(parts)
 
     # -- reading ----------------------------------------------------------------------------
@@ -657,8 +657,9 @@ class InfluxStore:
                 start_ns: int | None = None, end_ns: int | None = None,
                 limit: int = 10_000) -> list[SampleBatch]:
         """Stored batches with samples in ``[start_ns, end_ns)``, as sent, by ``start_ns``."""
-        tags = {} if channel is None else {"channel": Channel(channel).value}
-        where = self._where(subject_id, start_ns=start_ns, **tags)  # time = the last sample
+        where = self._where(subject_id, start_ns=start_ns)  # time = the batch's last sample
+        if channel is not None:
+            where += f' AND "channel" = {influxql_str(Channel(channel).value)}'
         if end_ns is not None:
             where += f' AND "start_ns" < {int(end_ns)}'
         heads = self._rows(
@@ -684,7 +685,8 @@ class InfluxStore:
                 values: list[Any] = ([[r[f] for f in fields] for r in part] if len(fields) == 3
                                      else [r["v"] for r in part])
                 out[h["batch_id"]] = SampleBatch(
-                    batch_id=h["batch_id"], subject_id=subject_id, device_id=device, channel=ch,
+                    batch_id=h["batch_id"], subject_id=subject_id, device_id=device,
+                    channel=Channel(ch),
                     start_ns=int(h["start_ns"]), rate_hz=h["rate_hz"],
                     timestamps_ns=None if h["rate_hz"] is not None else t[lo:hi].tolist(),
                     values=values, seq=h["seq"])

@@ -53,6 +53,7 @@ from wearemo.features.window import FeatureWindow
 from wearemo.model.state import StateEstimate
 from wearemo.samples import CHANNEL_AXES, Channel, ChannelSamples, SampleBatch
 from wearemo.store.base import (
+    ERASE_KINDS,
     BatchConflictError,
     Calibration,
     SubjectSummary,
@@ -638,7 +639,7 @@ class SQLiteStore:
         *,
         rebuild_channels: bool = False,
     ) -> dict[str, int]:
-        counts = {"samples": 0, "batches": 0, "windows": 0, "states": 0, "calibrations": 0}
+        counts = dict.fromkeys(ERASE_KINDS, 0)
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
