@@ -610,8 +610,9 @@ class InfluxStore:
         except StoreUnavailableError:
             return None
         for series in rows[0] if rows else []:
-            for values in series["values"]:
-                return str(values[series["columns"].index("digest")])
+            if series.get("name") == "batches" and "digest" in series["columns"]:
+                for values in series["values"]:
+                    return str(values[series["columns"].index("digest")])
         return None
 
     def last_sample_ns(self, subject_id: str, channel: Channel) -> int | None:
