@@ -199,7 +199,7 @@ class InfluxStore:
         Outbox size at which writes raise :class:`StoreBackpressureError`.
     retry_interval_ms, max_retries
         The write API's first retry delay (doubling each time, at most 8 s apart) and retries
-        per batch; after them the outbox keeps the lines and the sender backs off (≤ 5 s).
+        per batch; after them the outbox keeps the lines and the sender backs off (≤ 2 s).
     read_wait_s
         How long a read waits for the outbox to drain before answering 503.
     timeout_s
@@ -460,7 +460,7 @@ class InfluxStore:
                     log.warning("InfluxDB write failed, %d bytes kept for retry: %s",
                                 self._buffered_bytes, error)
                     self._changed.wait(backoff)  # close() wakes us
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, 2.0)
                 else:
                     backoff = 0.2
 
