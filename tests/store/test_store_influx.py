@@ -8,9 +8,9 @@ The behavioural contract of the SQLite store tests runs here unchanged on Influx
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
-import math
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,7 +92,8 @@ def test_calibration_latest_wins(store: InfluxStore) -> None:
     store.set_calibration(calibration("s2", used=12))
     later = calibration(start_s=600, used=40).model_copy(update={"created_ns": T0 + 2000 * S})
     store.set_calibration(later)
-    assert store.calibration("s1") == later and store.calibration("s2") == calibration("s2", used=12)
+    assert store.calibration("s1") == later
+    assert store.calibration("s2") == calibration("s2", used=12)
 
 
 def test_identifiers_and_literals_are_escaped(store: InfluxStore) -> None:
@@ -177,7 +178,8 @@ def test_v2_client_path_every_point_arrives_intact(victoria: Server, tmp_path: P
     subject = f"vm{uuid.uuid4().hex[:8]}"
     s = InfluxStore(victoria.url, write_mode="v2", bucket="wearemo", org="wearemo",
                     token="unused-by-vm", buffer_dir=tmp_path / "buf")
-    sent = [ppg(i, subject=subject, n=640) for i in range(12)]  # 7,692 lines: more than one 5,000-line batch
+    # 7,692 lines: more than one 5,000-line write batch
+    sent = [ppg(i, subject=subject, n=640) for i in range(12)]
     acc = SampleBatch(batch_id="acc0", subject_id=subject, device_id="d1", channel="acc",
                       start_ns=T0, rate_hz=32.0,
                       values=[[0.01 * k, -1.0 + 1e-6 * k, 9.81] for k in range(96)])
