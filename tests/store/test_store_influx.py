@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import Server
+from servers import Server
 from test_store_sqlite import (  # noqa: F401 - re-run here against InfluxStore
     T0,
     S,
