@@ -22,14 +22,14 @@ from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from wearemo.api.deps import AppState, Resources
-from wearemo.api.errors import on_validation_error
+from wearemo.api.errors import on_store_unavailable, on_validation_error
 from wearemo.api.limits import BodySizeLimit
 from wearemo.api.routes import health, ingest, subjects
 from wearemo.features import WindowConfig
 from wearemo.model import load_model
 from wearemo.pipeline import Pipeline
 from wearemo.settings import Settings, get_settings
-from wearemo.store import open_store
+from wearemo.store import StoreUnavailableError, open_store
 
 __all__ = ["create_app"]
 
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StoreUnavailableError, on_store_unavailable)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_request_bytes)
     app.include_router(health.router)
     app.include_router(ingest.router)
