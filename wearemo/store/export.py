@@ -293,7 +293,8 @@ def _samples_batch(
     t = pa.array(times, pa.int64())
     none = pa.nulls(n, pa.float64())
     if CHANNEL_AXES[batch.channel] == 3:
-        value, x, y, z = none, pa.array(values[:, 0]), pa.array(values[:, 1]), pa.array(values[:, 2])
+        x, y, z = (pa.array(values[:, k], pa.float64()) for k in range(3))
+        value = none
     else:
         value, x, y, z = pa.array(values, pa.float64()), none, none, none
     cols = [
