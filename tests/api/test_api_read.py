@@ -71,7 +71,7 @@ def test_samples_are_the_uploaded_values_page_by_page(api: httpx.Client) -> None
     # pages of 55 samples (not a multiple of the 40-sample batches) rebuild the series exactly
     times: list[int] = []
     values: list[float] = []
-    params: dict[str, object] = {"channel": "eda", "limit": 55}
+    params: dict[str, str | int] = {"channel": "eda", "limit": 55}
     while True:
         r = api.get(f"/v1/subjects/{SUBJECT}/samples", params=params)
         times += r.json()["times_ns"]
@@ -147,7 +147,7 @@ def test_export_csv_and_parquet_round_trip(api: httpx.Client) -> None:
     ],
 )
 def test_bad_parameters_are_named(
-    api: httpx.Client, path: str, params: dict[str, object], status: int, field: str | None
+    api: httpx.Client, path: str, params: dict[str, str | int], status: int, field: str | None
 ) -> None:
     r = api.get(path, params=params)
     assert r.status_code == status, r.text
