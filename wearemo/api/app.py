@@ -26,7 +26,7 @@ from wearemo.api.deps import AppState, Resources
 from wearemo.api.errors import on_validation_error
 from wearemo.api.limits import BodySizeLimit
 from wearemo.api.live import LiveHub
-from wearemo.api.routes import export, health, ingest, live, series, subjects
+from wearemo.api.routes import export, health, ingest, interop, live, series, subjects
 from wearemo.features import WindowConfig
 from wearemo.model import load_model
 from wearemo.pipeline import Pipeline
@@ -110,4 +110,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(series.router)
     app.include_router(export.router)
     app.include_router(live.router)
+    app.include_router(interop.router)
     return app

@@ -9,7 +9,7 @@ Example
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
@@ -28,6 +28,7 @@ __all__ = [
     "HealthResponse",
     "IngestRequest",
     "IngestResponse",
+    "OmhDataPoint",
     "ReadyResponse",
     "SampleSeries",
     "StateEstimate",
@@ -228,3 +229,12 @@ class SampleSeries(BaseModel):
     values: list[float] | list[list[float]] = Field(
         description="One value per time; [x, y, z] triples for 'acc'."
     )
+
+
+class OmhDataPoint(BaseModel):
+    """An Open mHealth data point (``omh:data-point:1.0``): a header and a body that follows
+    the schema the header's ``schema_id`` names (``omh:heart-rate:2.0``,
+    ``omh:rr-interval:1.0``)."""
+
+    header: dict[str, Any]
+    body: dict[str, Any]
