@@ -166,7 +166,9 @@ def fhir_observation(
             identifier=Identifier(system=SUBJECT_SYSTEM, value=window.subject_id),
         ),
         effectivePeriod=Period(start=_datetime(window.start_ns), end=_datetime(window.end_ns)),
-        valueQuantity=Quantity(value=Decimal(repr(value)), unit=code.unit, system=UCUM, code=code.ucum),
+        valueQuantity=Quantity(
+            value=Decimal(repr(value)), unit=code.unit, system=UCUM, code=code.ucum
+        ),
         method=CodeableConcept(text=f"wearemo {code.method}; beats from {window.beat_source}"),
         device=None
         if device_id is None
