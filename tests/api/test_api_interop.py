@@ -92,8 +92,9 @@ def test_fhir_observations_match_the_windows(api: httpx.Client) -> None:
     # validated above; read as Any (the models type every element as optional)
     by_code: dict[str, list[Any]] = {"8867-4": [], "80404-7": []}
     for entry in bundle.entry or []:
+        assert isinstance(entry.resource, Observation)
         obs: Any = entry.resource
-        assert isinstance(obs, Observation) and obs.status == "final"
+        assert obs.status == "final"
         assert obs.category[0].coding[0].code == "vital-signs"
         assert obs.subject.identifier.value == SUBJECT
         assert obs.device.identifier.value == "strap-7"
