@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         Largest accepted request body; larger uploads get HTTP 413.
     max_batches_per_request
         Largest number of ``SampleBatch``es in one ingest request.
+    live_queue_size
+        States a live client (WebSocket or SSE) may leave unread before it is disconnected.
+    live_send_timeout_s
+        Longest a send to one live client may take before it is disconnected.
     host, port
         Where ``wearemo serve`` listens.
     influx_url
@@ -83,6 +87,8 @@ class Settings(BaseSettings):
     lateness_s: float = Field(default=30.0, ge=0)
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_batches_per_request: int = Field(default=1000, ge=1)
+    live_queue_size: int = Field(default=256, ge=1, le=100_000)
+    live_send_timeout_s: float = Field(default=10.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     influx_url: str | None = None

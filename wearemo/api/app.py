@@ -12,6 +12,7 @@ Example
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from wearemo.api.deps import AppState, Resources
 from wearemo.api.errors import on_store_unavailable, on_validation_error
 from wearemo.api.limits import BodySizeLimit
-from wearemo.api.routes import health, ingest, subjects
+from wearemo.api.live import LiveHub
+from wearemo.api.routes import export, health, ingest, interop, live, series, subjects
 from wearemo.features import WindowConfig
 from wearemo.model import load_model
 from wearemo.pipeline import Pipeline
@@ -84,10 +86,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lateness_s=cfg.lateness_s,
         )
         pipeline = Pipeline(store, model, config=window, extra=extra)
+        hub = LiveHub(queue_size=cfg.live_queue_size)
+        hub.bind(asyncio.get_running_loop())
+        unsubscribe = pipeline.subscribe(hub.publish)
         log.info("wearemo API ready: store=%s model=%s", cfg.store, model.version)
         try:
-            yield {"resources": Resources(cfg, store, model, pipeline)}
+            yield {"resources": Resources(cfg, store, model, pipeline, hub)}
         finally:
+            unsubscribe()
             store.close()
 
     app = FastAPI(
@@ -102,4 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(ingest.router)
     app.include_router(subjects.router)
+    app.include_router(series.router)
+    app.include_router(export.router)
+    app.include_router(live.router)
+    app.include_router(interop.router)
     return app

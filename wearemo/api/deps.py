@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, TypedDict
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, HTTPException, Path
+from starlette.requests import HTTPConnection
 
+from wearemo.api.live import LiveHub
 from wearemo.model import StressModel
 from wearemo.pipeline import Pipeline
 from wearemo.samples import ID_PATTERN
@@ -25,12 +27,14 @@ from wearemo.store import StateStore
 __all__ = [
     "AppState",
     "KnownSubject",
+    "LiveDep",
     "ModelDep",
     "PipelineDep",
     "Resources",
     "SettingsDep",
     "StoreDep",
     "SubjectId",
+    "get_live",
     "get_pipeline",
     "get_resources",
     "get_settings",
@@ -46,6 +50,7 @@ class Resources:
     store: StateStore
     model: StressModel
     pipeline: Pipeline
+    live: LiveHub
 
 
 class AppState(TypedDict):
@@ -54,36 +59,42 @@ class AppState(TypedDict):
     resources: Resources
 
 
-def get_resources(request: Request) -> Resources:
-    """The app's :class:`Resources`."""
+def get_resources(request: HTTPConnection) -> Resources:
+    """The app's :class:`Resources` (for HTTP requests and WebSockets alike)."""
     resources: Resources = request.state.resources
     return resources
 
 
-def get_settings(request: Request) -> Settings:
+def get_settings(request: HTTPConnection) -> Settings:
     """The app's settings."""
     return get_resources(request).settings
 
 
-def get_store(request: Request) -> StateStore:
+def get_store(request: HTTPConnection) -> StateStore:
     """The app's store."""
     return get_resources(request).store
 
 
-def get_model(request: Request) -> StressModel:
+def get_model(request: HTTPConnection) -> StressModel:
     """The app's model."""
     return get_resources(request).model
 
 
-def get_pipeline(request: Request) -> Pipeline:
+def get_pipeline(request: HTTPConnection) -> Pipeline:
     """The app's streaming pipeline."""
     return get_resources(request).pipeline
+
+
+def get_live(request: HTTPConnection) -> LiveHub:
+    """The app's live state fan-out."""
+    return get_resources(request).live
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[StateStore, Depends(get_store)]
 ModelDep = Annotated[StressModel, Depends(get_model)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+LiveDep = Annotated[LiveHub, Depends(get_live)]
 
 #: A subject id in the path: validated against the pseudonymous-id pattern (else 422).
 SubjectId = Annotated[
