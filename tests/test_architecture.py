@@ -29,6 +29,7 @@ RANK = {
     "store": 6,
     "batch": 7,
     "pipeline": 7,
+    "alerts": 7,
     "api": 8,
     "cli": 9,
     "__main__": 10,
