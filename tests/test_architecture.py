@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RANK = {
     "samples": 0,
     "settings": 1,
+    "metrics": 1,
+    "logs": 1,
     "ingest": 2,
     "datasets": 2,
     "signals": 3,

@@ -52,6 +52,20 @@ class Settings(BaseSettings):
         Largest number of ``SampleBatch``es in one ingest request.
     host, port
         Where ``wearemo serve`` listens.
+    alerts_path
+        The alerts' SQLite file (rules, fired alerts, webhook outbox); defaults to
+        ``data_dir / "alerts.sqlite3"``.
+    alert_check_interval_s
+        How often ``no_data`` rules are checked, seconds.
+    webhook_timeout_s
+        Timeout of one webhook attempt, seconds.
+    webhook_max_attempts
+        Attempts per delivery (first try included) before it is marked failed.
+    webhook_backoff_s, webhook_backoff_max_s
+        First retry delay and its cap (doubling per attempt, with jitter), seconds.
+    log_format, log_level
+        ``json`` (one object per line, the service default) or ``plain`` (people: CLI, demo),
+        and the level of wearemo's loggers.
     """
 
     model_config = SettingsConfigDict(
@@ -72,6 +86,14 @@ class Settings(BaseSettings):
     max_batches_per_request: int = Field(default=1000, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    alerts_path: Path | None = None
+    alert_check_interval_s: float = Field(default=60.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_backoff_s: float = Field(default=5.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+    log_format: Literal["json", "plain"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
     def _check_window(self) -> Settings:
@@ -84,6 +106,12 @@ class Settings(BaseSettings):
         if self.sqlite_path is not None:
             return self.sqlite_path
         return self.data_dir / "wearemo.sqlite3"
+
+    def resolved_alerts_path(self) -> Path:
+        """The alerts' SQLite file: ``alerts_path`` or ``data_dir / "alerts.sqlite3"``."""
+        if self.alerts_path is not None:
+            return self.alerts_path
+        return self.data_dir / "alerts.sqlite3"
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,7 @@ from typing import Annotated, TypedDict
 
 from fastapi import Depends, HTTPException, Path, Request
 
+from wearemo.alerts import AlertEngine
 from wearemo.model import StressModel
 from wearemo.pipeline import Pipeline
 from wearemo.samples import ID_PATTERN
@@ -23,6 +24,7 @@ from wearemo.settings import Settings
 from wearemo.store import StateStore
 
 __all__ = [
+    "AlertsDep",
     "AppState",
     "KnownSubject",
     "ModelDep",
@@ -52,6 +54,7 @@ class AppState(TypedDict):
     """What the lifespan yields (Starlette copies it into each ``request.state``)."""
 
     resources: Resources
+    alerts: AlertEngine
 
 
 def get_resources(request: Request) -> Resources:
@@ -80,10 +83,17 @@ def get_pipeline(request: Request) -> Pipeline:
     return get_resources(request).pipeline
 
 
+def get_alerts(request: Request) -> AlertEngine:
+    """The app's alert engine (rules, alerts, deliveries)."""
+    engine: AlertEngine = request.state.alerts
+    return engine
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[StateStore, Depends(get_store)]
 ModelDep = Annotated[StressModel, Depends(get_model)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+AlertsDep = Annotated[AlertEngine, Depends(get_alerts)]
 
 #: A subject id in the path: validated against the pseudonymous-id pattern (else 422).
 SubjectId = Annotated[
