@@ -12,7 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 from api_support import body, serve, settings_for, sim_batches
+from fastapi import Depends, FastAPI, Request
 
+from wearemo.api.observe import RequestObserver
 from wearemo.logs import configure_logging
 
 pytestmark = pytest.mark.e2e
@@ -126,3 +128,31 @@ def test_readyz_follows_the_store(tmp_path: Path) -> None:
         assert r.status_code == 503 and r.json()["status"] == "unavailable"
         (tmp_path / "moved.sqlite3").rename(db)
         assert c.get("/readyz").status_code == 200
+
+
+async def test_key_id_hook_reaches_the_access_line() -> None:
+    # What an auth dependency will do: set request.state.key_id; the access line carries it.
+    def authenticated(request: Request) -> None:
+        request.state.key_id = "key-7f3a"
+
+    app = FastAPI()
+    app.add_middleware(RequestObserver)
+
+    @app.get("/v1/things/{thing_id}", dependencies=[Depends(authenticated)])
+    def thing(thing_id: str) -> dict[str, str]:
+        return {"id": thing_id}
+
+    buf = io.StringIO()
+    configure_logging("json", "INFO", stream=buf)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            r = await c.get("/v1/things/42", headers={"X-Request-ID": "k-1"})
+    finally:
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if getattr(h, "_wearemo_handler", False)]:
+            root.removeHandler(h)
+    assert r.json() == {"id": "42"} and r.headers["x-request-id"] == "k-1"
+    [line] = [json.loads(x) for x in buf.getvalue().splitlines()
+              if json.loads(x).get("request_id") == "k-1"]
+    assert line["key_id"] == "key-7f3a" and line["route"] == "/v1/things/{thing_id}"

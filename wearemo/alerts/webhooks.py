@@ -169,7 +169,11 @@ class Dispatcher:
                                      headers={"User-Agent": "wearemo-webhooks"}) as client:
             try:
                 while True:
-                    await self._tick(client)
+                    try:
+                        await self._tick(client)
+                    except Exception:  # e.g. the disk is full: keep the outbox, try again
+                        log.exception("webhook dispatcher: outbox unavailable")
+                        await asyncio.sleep(self.poll_s)
             finally:
                 for task in self._in_flight.values():
                     task.cancel()
