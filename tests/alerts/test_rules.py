@@ -120,9 +120,16 @@ def test_episode_and_outbox_survive_reopening_the_file(tmp_path: Path) -> None:
     [due] = db.due(2**62, limit=10)
     assert due.event == "alert.fired" and b'"covered_s":60.0' in due.body
     assert db.pending_count() == 1
-    engine.delete_rule(rule.id)  # its undelivered webhook is dropped, the alert kept
+    engine.delete_rule(rule.id)  # its undelivered webhook is dropped, the alert kept, closed
     assert db.pending_count() == 0 and db.deliveries("s1")[0].last_error == "rule deleted"
-    assert len(db.alerts("s1")) == 1
+    [alert] = db.alerts("s1")
+    assert alert.resolved_reason == "rule deleted"
+    # erasure of the subject removes everything of it, and nothing of others
+    engine.create_rule("s2", RULE)
+    engine.evaluate([state(t, 0.9, "s2") for t in range(0, 65, 5)])
+    assert engine.erase_subject("s1") == 2  # its alert and delivery (the rule is gone)
+    assert db.alerts("s1") == [] and db.deliveries("s1") == [] and len(db.alerts("s2")) == 1
+    assert engine.erase_subject("s2") == 3 and db.rules() == [] and db.pending_count() == 0
 
 
 def test_no_data_uses_the_wall_clock_since_the_last_new_sample() -> None:

@@ -24,6 +24,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -237,6 +238,7 @@ class AlertDB:
                 " WHERE id = ?",
                 (_spec_json(spec), json.dumps(track.to_dict()), now_ns, secret, rule_id),
             )
+            _close_open_alerts(db, rule_id, now_ns, "rule changed")
         return RuleRecord(rule_id, row[0], spec.model_copy(update={"secret": None}),
                           track.to_dict(), row[1], now_ns)
 
@@ -244,12 +246,31 @@ class AlertDB:
         """Delete a rule; its undelivered webhooks are marked failed. ``False`` if unknown."""
         with self._tx() as db:
             gone = db.execute("DELETE FROM rules WHERE id = ?", (rule_id,)).rowcount > 0
+            _close_open_alerts(db, rule_id, time.time_ns(), "rule deleted")
             db.execute(
                 "UPDATE deliveries SET status = 'failed', next_attempt_ns = NULL, "
                 "last_error = 'rule deleted' WHERE rule_id = ? AND status = 'pending'",
                 (rule_id,),
             )
         return gone
+
+    def erase_subject(self, subject_id: str) -> int:
+        """Delete everything of a subject: rules, alerts, deliveries and their attempts.
+
+        For the erasure of a subject (privacy); returns the rows deleted.
+
+        Example
+        -------
+        >>> AlertDB(":memory:").erase_subject("s1")
+        0
+        """
+        with self._tx() as db:
+            n = db.execute("DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries "
+                           "WHERE subject_id = ?)", (subject_id,)).rowcount
+            for table in ("deliveries", "alerts", "rules"):
+                n += db.execute(f"DELETE FROM {table} WHERE subject_id = ?",
+                                (subject_id,)).rowcount
+        return n
 
     def rule(self, rule_id: str) -> RuleRecord | None:
         """One rule, or ``None``."""
@@ -430,3 +451,9 @@ def _enqueue(db: sqlite3.Connection, alert_id: str, rule_id: str, subject_id: st
         "attempts, next_attempt_ns, created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
         (uuid.uuid4().hex, alert_id, rule_id, subject_id, d.event, d.url, d.body, now_ns, now_ns),
     )
+
+
+def _close_open_alerts(db: sqlite3.Connection, rule_id: str, now_ns: int, reason: str) -> None:
+    # An episode cut short by a rule change is closed, not left open for ever.
+    db.execute("UPDATE alerts SET resolved_ns = ?, resolved_reason = ? WHERE rule_id = ? AND "
+               "resolved_ns IS NULL", (now_ns, reason, rule_id))

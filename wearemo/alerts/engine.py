@@ -131,6 +131,13 @@ class AlertEngine:
             self._watched = frozenset(self.db.subjects_with_rules())
         return gone
 
+    def erase_subject(self, subject_id: str) -> int:
+        """Forget a subject's rules, alerts and deliveries (erasure); returns rows deleted."""
+        with self._lock:
+            n = self.db.erase_subject(subject_id)
+            self._watched = frozenset(self.db.subjects_with_rules())
+        return n
+
     # -- evaluation -------------------------------------------------------------------------
 
     def evaluate(self, states: Sequence[StateEstimate]) -> None:
