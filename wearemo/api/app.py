@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from wearemo.alerts import AlertDB, AlertEngine, Dispatcher, RetryPolicy
 from wearemo.api.deps import AppState, Resources
-from wearemo.api.errors import on_validation_error
+from wearemo.api.errors import on_store_unavailable, on_validation_error
 from wearemo.api.limits import BodySizeLimit
 from wearemo.api.observe import RequestObserver
 from wearemo.api.routes import alerts, health, ingest, ops, subjects
@@ -34,7 +34,7 @@ from wearemo.metrics import ALERTS_FIRED, WEBHOOK_DELIVERIES
 from wearemo.model import load_model
 from wearemo.pipeline import Pipeline
 from wearemo.settings import Settings, get_settings
-from wearemo.store import open_store
+from wearemo.store import StoreUnavailableError, open_store
 
 __all__ = ["create_app"]
 
@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StoreUnavailableError, on_store_unavailable)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_request_bytes)
     app.add_middleware(RequestObserver)  # added last: outermost, sees every answer
     app.include_router(health.router)

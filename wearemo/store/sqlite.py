@@ -52,7 +52,15 @@ import numpy as np
 from wearemo.features.window import FeatureWindow
 from wearemo.model.state import StateEstimate
 from wearemo.samples import CHANNEL_AXES, Channel, ChannelSamples, SampleBatch
-from wearemo.store.base import BatchConflictError, Calibration, SubjectSummary, batch_digest
+from wearemo.store.base import (
+    ERASE_KINDS,
+    BatchConflictError,
+    Calibration,
+    SubjectSummary,
+    batch_digest,
+    window_from_json,
+    window_to_json,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -411,19 +419,7 @@ class SQLiteStore:
                 w.subject_id,
                 w.start_ns,
                 w.end_ns,
-                json.dumps(
-                    {
-                        "features": w.features,
-                        "sample_counts": w.sample_counts,
-                        "coverage": w.coverage,
-                        "quality": w.quality,
-                        "motion": w.motion,
-                        "beat_source": w.beat_source,
-                        "n_beats": w.n_beats,
-                        "methods": w.methods,
-                        "reasons": w.reasons,
-                    }
-                ),
+                window_to_json(w),
             )
             for w in windows
         ]
@@ -451,26 +447,7 @@ class SQLiteStore:
                 + " ORDER BY end_ns LIMIT ?",
                 [subject_id, *args, int(limit)],
             ).fetchall()
-        out = []
-        for subject, w_start, w_end, body in rows:
-            d = json.loads(body)
-            out.append(
-                FeatureWindow(
-                    subject_id=subject,
-                    start_ns=w_start,
-                    end_ns=w_end,
-                    features={k: float(v) for k, v in d["features"].items()},
-                    sample_counts={k: int(v) for k, v in d["sample_counts"].items()},
-                    coverage={k: float(v) for k, v in d["coverage"].items()},
-                    quality={k: float(v) for k, v in d["quality"].items()},
-                    motion=bool(d["motion"]),
-                    beat_source=str(d["beat_source"]),
-                    n_beats=int(d["n_beats"]),
-                    methods={k: str(v) for k, v in d["methods"].items()},
-                    reasons={k: str(v) for k, v in d.get("reasons", {}).items()},
-                )
-            )
-        return out
+        return [window_from_json(*row) for row in rows]
 
     # -- states -----------------------------------------------------------------------------
 
@@ -613,6 +590,85 @@ class SQLiteStore:
             last_sample_ns=max(int(r[4]) for r in channel_rows),
             last_state=last,
         )
+
+    # -- privacy: erasure and retention ------------------------------------------------------
+
+    def erase_subject(self, subject_id: str) -> dict[str, int]:
+        """Delete every record of one subject in one transaction; counts removed per kind.
+
+        Example
+        -------
+        >>> s = SQLiteStore(":memory:")
+        >>> _ = s.add_batch(SampleBatch(batch_id="b", subject_id="s1", device_id="d",
+        ...                             channel="hr", start_ns=0, rate_hz=1.0, values=[60.0]))
+        >>> s.erase_subject("s1"), s.has_subject("s1")
+        ({'samples': 1, 'batches': 1, 'windows': 0, 'states': 0, 'calibrations': 0}, False)
+        """
+        where = "WHERE subject_id = ?"
+        return self._delete_counted(
+            {
+                "batches": (where, (subject_id,)),
+                "windows": (where, (subject_id,)),
+                "states": (where, (subject_id,)),
+                "calibrations": (where, (subject_id,)),
+                "channels": (where, (subject_id,)),
+            }
+        )
+
+    def delete_before(self, cutoff_ns: int) -> dict[str, int]:
+        """Retention: drop batches ending, windows/states/calibrations ending, before a cutoff.
+
+        A batch reaching past the cutoff is kept whole (its samples and digest stay intact);
+        the per-channel counts are rebuilt from what remains.
+
+        Example
+        -------
+        >>> SQLiteStore(":memory:").delete_before(10**18)["samples"]
+        0
+        """
+        cut = (int(cutoff_ns),)
+        return self._delete_counted(
+            {
+                "batches": ("WHERE end_ns < ?", cut),
+                "windows": ("WHERE end_ns < ?", cut),
+                "states": ("WHERE window_end_ns < ?", cut),
+                "calibrations": ("WHERE end_ns < ?", cut),
+            },
+            rebuild_channels=True,
+        )
+
+    def _delete_counted(
+        self,
+        plan: dict[str, tuple[str, tuple[object, ...]]],
+        *,
+        rebuild_channels: bool = False,
+    ) -> dict[str, int]:
+        counts = dict.fromkeys(ERASE_KINDS, 0)
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                where, args = plan["batches"]
+                n_batches, n_samples = self._conn.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(n_samples), 0) FROM batches {where}", args
+                ).fetchone()
+                counts["batches"], counts["samples"] = int(n_batches), int(n_samples)
+                for table, (where, args) in plan.items():
+                    n = self._conn.execute(f"DELETE FROM {table} {where}", args).rowcount
+                    if table in counts and table != "batches":
+                        counts[table] = int(n)
+                if rebuild_channels:
+                    # the running counts must describe what is left, not what was ever stored
+                    self._conn.execute("DELETE FROM channels")
+                    self._conn.execute(
+                        "INSERT INTO channels SELECT subject_id, channel, COUNT(*), "
+                        "SUM(n_samples), MIN(start_ns), MAX(end_ns) FROM batches "
+                        "GROUP BY subject_id, channel"
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return counts
 
     # -- housekeeping -----------------------------------------------------------------------
 
