@@ -73,10 +73,17 @@ def serve(
     """Run the HTTP API (ingest, states, OpenAPI docs at /docs)."""
     import uvicorn
 
+    from wearemo.logs import configure_logging
+    from wearemo.settings import get_settings
+
     if data_dir is not None:
         os.environ["WEAREMO_DATA_DIR"] = str(data_dir)
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    # log_config=None keeps uvicorn's records on our handler; access lines come from wearemo's
+    # own middleware (structured, with request ids), so uvicorn's are off.
     uvicorn.run("wearemo.api.app:create_app", factory=True, host=host, port=port,
-                log_level="warning")
+                log_level="warning", log_config=None, access_log=False)
 
 
 @app.command(
@@ -153,7 +160,9 @@ def demo(
         return
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "WEAREMO_DATA_DIR": str(workdir / "data")}
+    # The API shares the terminal with the live table: plain text, warnings only.
+    env = {"WEAREMO_LOG_FORMAT": "plain", "WEAREMO_LOG_LEVEL": "WARNING", **os.environ,
+           "WEAREMO_DATA_DIR": str(workdir / "data")}
     api = subprocess.Popen(
         [sys.executable, "-m", "wearemo", "serve", "--port", str(port)], env=env
     )
@@ -242,7 +251,8 @@ def _chaos_demo(*, subjects: int, src: str, duration: float | None, speed: float
                  *(f"tcp-server:127.0.0.1:{p}" for p in ports)], "radio.log")
     api_port = _free_port()
     url = f"http://127.0.0.1:{api_port}"
-    env = {**os.environ, "WEAREMO_DATA_DIR": str(workdir / "data")}
+    env = {"WEAREMO_LOG_FORMAT": "plain", **os.environ,
+           "WEAREMO_DATA_DIR": str(workdir / "data")}
 
     def start_api() -> subprocess.Popen[bytes]:
         proc = procs.spawn(["wearemo", "serve", "--port", str(api_port)], "api.log", env)

@@ -34,8 +34,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,6 +43,13 @@ from threadpoolctl import ThreadpoolController
 
 from wearemo.features import FeatureWindow, SubjectStream, WindowConfig
 from wearemo.ingest import BatchResult, BatchStatus, IngestReport, OrderTracker
+from wearemo.metrics import (
+    INGEST_BATCHES,
+    INGEST_SAMPLES,
+    PIPELINE_BATCH_SECONDS,
+    STATES,
+    STORE_WRITE_ERRORS,
+)
 from wearemo.model import StateEstimate, StressModel, SubjectEstimator
 from wearemo.samples import Channel, SampleBatch
 from wearemo.store import BatchConflictError, StateStore
@@ -198,8 +205,10 @@ class Pipeline:
         """
         report = IngestReport()
         for batch in batches:
+            started = time.perf_counter()
             with self._lock_of(batch.subject_id), self._inner_threads():
                 result = self._ingest_one(batch, report)
+            _count_batch(batch, result.status, time.perf_counter() - started)
             report.results.append(result)
             if result.status == "rejected":
                 break
@@ -396,6 +405,9 @@ class Pipeline:
                 return result("duplicate")  # stored concurrently by another process
         except BatchConflictError as exc:
             return result("rejected", "batch_id", str(exc))
+        except Exception:
+            STORE_WRITE_ERRORS.labels(operation="add_batch").inc()
+            raise
         self._order.accept(batch)
         if sub is not None:
             try:
@@ -416,8 +428,12 @@ class Pipeline:
         # States first: a stored window marks "done" for a restart (see _restore), so a crash
         # in between leaves the window unstored and it is recomputed, never a window without
         # its state.
-        self.store.add_states(states)
-        self.store.add_windows(windows)
+        with _counting_errors("add_states"):
+            self.store.add_states(states)
+        with _counting_errors("add_windows"):
+            self.store.add_windows(windows)
+        for state in states:
+            STATES.labels(label=state.state).inc()
         report.windows += len(windows)
         report.states += len(states)
         for listener in list(self._listeners):
@@ -513,3 +529,20 @@ class Pipeline:
             report = IngestReport()
             self._emit(sub, fresh, report)
         return sub
+
+
+def _count_batch(batch: SampleBatch, status: BatchStatus, seconds: float) -> None:
+    channel = batch.channel.value
+    INGEST_BATCHES.labels(channel=channel, outcome=status).inc()
+    INGEST_SAMPLES.labels(channel=channel, outcome=status).inc(len(batch.values))
+    if status == "stored":
+        PIPELINE_BATCH_SECONDS.observe(seconds)
+
+
+@contextmanager
+def _counting_errors(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception:
+        STORE_WRITE_ERRORS.labels(operation=operation).inc()
+        raise

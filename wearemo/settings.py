@@ -69,6 +69,20 @@ class Settings(BaseSettings):
     influx_buffer_dir, influx_buffer_max_bytes
         Directory of the on-disk write buffer (default ``data_dir / "influx-buffer"``) and
         the size at which writes are refused with HTTP 503 and ``Retry-After``.
+    alerts_path
+        The alerts' SQLite file (rules, fired alerts, webhook outbox); defaults to
+        ``data_dir / "alerts.sqlite3"``.
+    alert_check_interval_s
+        How often ``no_data`` rules are checked, seconds.
+    webhook_timeout_s
+        Timeout of one webhook attempt, seconds.
+    webhook_max_attempts
+        Attempts per delivery (first try included) before it is marked failed.
+    webhook_backoff_s, webhook_backoff_max_s
+        First retry delay and its cap (doubling per attempt, with jitter), seconds.
+    log_format, log_level
+        ``json`` (one object per line, the service default) or ``plain`` (people: CLI, demo),
+        and the level of wearemo's loggers.
     """
 
     model_config = SettingsConfigDict(
@@ -101,6 +115,14 @@ class Settings(BaseSettings):
     influx_write_mode: Literal["v2", "v1"] = "v2"
     influx_buffer_dir: Path | None = None
     influx_buffer_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    alerts_path: Path | None = None
+    alert_check_interval_s: float = Field(default=60.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_backoff_s: float = Field(default=5.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+    log_format: Literal["json", "plain"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="before")
     @classmethod
@@ -133,6 +155,12 @@ class Settings(BaseSettings):
         if self.influx_buffer_dir is not None:
             return self.influx_buffer_dir
         return self.data_dir / "influx-buffer"
+
+    def resolved_alerts_path(self) -> Path:
+        """The alerts' SQLite file: ``alerts_path`` or ``data_dir / "alerts.sqlite3"``."""
+        if self.alerts_path is not None:
+            return self.alerts_path
+        return self.data_dir / "alerts.sqlite3"
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ Example
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,12 +23,25 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
+from wearemo.alerts import AlertDB, AlertEngine, Dispatcher, RetryPolicy
 from wearemo.api.deps import AppState, Resources
 from wearemo.api.errors import on_store_unavailable, on_validation_error
 from wearemo.api.limits import BodySizeLimit
 from wearemo.api.live import LiveHub
-from wearemo.api.routes import export, health, ingest, interop, live, series, subjects
+from wearemo.api.observe import RequestObserver
+from wearemo.api.routes import (
+    alerts,
+    export,
+    health,
+    ingest,
+    interop,
+    live,
+    ops,
+    series,
+    subjects,
+)
 from wearemo.features import WindowConfig
+from wearemo.metrics import ALERTS_FIRED, WEBHOOK_DELIVERIES
 from wearemo.model import load_model
 from wearemo.pipeline import Pipeline
 from wearemo.settings import Settings, get_settings
@@ -86,14 +100,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lateness_s=cfg.lateness_s,
         )
         pipeline = Pipeline(store, model, config=window, extra=extra)
+        alert_db = await run_in_threadpool(AlertDB, cfg.resolved_alerts_path())
+        dispatcher = Dispatcher(
+            alert_db,
+            policy=RetryPolicy(base_s=cfg.webhook_backoff_s, cap_s=cfg.webhook_backoff_max_s,
+                               max_attempts=cfg.webhook_max_attempts),
+            timeout_s=cfg.webhook_timeout_s,
+            on_outcome=lambda outcome: WEBHOOK_DELIVERIES.labels(outcome=outcome).inc(),
+        )
+        engine = AlertEngine(
+            alert_db, store, check_interval_s=cfg.alert_check_interval_s,
+            on_change=dispatcher.wake, on_fired=lambda kind: ALERTS_FIRED.labels(kind=kind).inc(),
+        )
+        unsubscribe_alerts = pipeline.subscribe(engine.submit)
         hub = LiveHub(queue_size=cfg.live_queue_size)
         hub.bind(asyncio.get_running_loop())
-        unsubscribe = pipeline.subscribe(hub.publish)
+        unsubscribe_live = pipeline.subscribe(hub.publish)
+        engine.start()
+        delivering = asyncio.create_task(dispatcher.run(), name="wearemo-webhooks")
         log.info("wearemo API ready: store=%s model=%s", cfg.store, model.version)
         try:
-            yield {"resources": Resources(cfg, store, model, pipeline, hub)}
+            yield {"resources": Resources(cfg, store, model, pipeline, hub), "alerts": engine}
         finally:
-            unsubscribe()
+            unsubscribe_live()
+            unsubscribe_alerts()
+            await run_in_threadpool(engine.stop)
+            delivering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await delivering
+            alert_db.close()
             store.close()
 
     app = FastAPI(
@@ -105,11 +140,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StoreUnavailableError, on_store_unavailable)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_request_bytes)
+    app.add_middleware(RequestObserver)  # added last: outermost, sees every answer
     app.include_router(health.router)
+    app.include_router(ops.router)
     app.include_router(ingest.router)
     app.include_router(subjects.router)
     app.include_router(series.router)
     app.include_router(export.router)
     app.include_router(live.router)
     app.include_router(interop.router)
+    app.include_router(alerts.router)
     return app

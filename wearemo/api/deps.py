@@ -17,6 +17,7 @@ from typing import Annotated, TypedDict
 from fastapi import Depends, HTTPException, Path
 from starlette.requests import HTTPConnection
 
+from wearemo.alerts import AlertEngine
 from wearemo.api.live import LiveHub
 from wearemo.model import StressModel
 from wearemo.pipeline import Pipeline
@@ -25,6 +26,7 @@ from wearemo.settings import Settings
 from wearemo.store import StateStore
 
 __all__ = [
+    "AlertsDep",
     "AppState",
     "KnownSubject",
     "LiveDep",
@@ -57,6 +59,7 @@ class AppState(TypedDict):
     """What the lifespan yields (Starlette copies it into each ``request.state``)."""
 
     resources: Resources
+    alerts: AlertEngine
 
 
 def get_resources(request: HTTPConnection) -> Resources:
@@ -90,11 +93,18 @@ def get_live(request: HTTPConnection) -> LiveHub:
     return get_resources(request).live
 
 
+def get_alerts(request: HTTPConnection) -> AlertEngine:
+    """The app's alert engine (rules, alerts, deliveries)."""
+    engine: AlertEngine = request.state.alerts
+    return engine
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[StateStore, Depends(get_store)]
 ModelDep = Annotated[StressModel, Depends(get_model)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 LiveDep = Annotated[LiveHub, Depends(get_live)]
+AlertsDep = Annotated[AlertEngine, Depends(get_alerts)]
 
 #: A subject id in the path: validated against the pseudonymous-id pattern (else 422).
 SubjectId = Annotated[

@@ -180,6 +180,10 @@ class SQLiteStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        self._file_id: tuple[int, int] | None = None
+        if isinstance(self.path, Path):
+            st = self.path.stat()  # exists now: the PRAGMAs above created it
+            self._file_id = (st.st_dev, st.st_ino)
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             self._conn.close()
@@ -674,11 +678,20 @@ class SQLiteStore:
             return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0])
 
     def ping(self) -> bool:
-        """``True`` when the database answers a query."""
+        """``True`` when the database answers a query and its path is still the open file.
+
+        SQLite keeps writing to a file that was deleted or replaced under it (a removed data
+        directory, an unmounted volume), and everything written then is lost at the next start;
+        so the file's identity is checked, not just that the connection answers.
+        """
         try:
             with self._lock:
-                self._conn.execute("SELECT 1").fetchone()
-        except sqlite3.Error:
+                self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if isinstance(self.path, Path) and self._file_id is not None:
+                st = self.path.stat()
+                if (st.st_dev, st.st_ino) != self._file_id:
+                    return False
+        except (sqlite3.Error, OSError):
             return False
         return True
 
