@@ -12,6 +12,7 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,10 +22,13 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
+from wearemo.api.audit import AuditLog, AuditMiddleware
+from wearemo.api.auth import load_admin_key
 from wearemo.api.deps import AppState, Resources
 from wearemo.api.errors import on_validation_error
+from wearemo.api.keystore import KeyStore
 from wearemo.api.limits import BodySizeLimit
-from wearemo.api.routes import health, ingest, subjects
+from wearemo.api.routes import admin, health, ingest, subjects
 from wearemo.features import WindowConfig
 from wearemo.model import load_model
 from wearemo.pipeline import Pipeline
@@ -84,11 +88,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lateness_s=cfg.lateness_s,
         )
         pipeline = Pipeline(store, model, config=window, extra=extra)
-        log.info("wearemo API ready: store=%s model=%s", cfg.store, model.version)
+        admin_key = await run_in_threadpool(load_admin_key, cfg)
+        keys = await run_in_threadpool(KeyStore, cfg.resolved_auth_path())
+        audit = await run_in_threadpool(AuditLog, cfg.resolved_auth_path())
+        log.info("wearemo API ready: store=%s model=%s keys=%s", cfg.store, model.version,
+                 cfg.resolved_auth_path())
+        resources = Resources(cfg, store, model, pipeline, keys, audit,
+                              hashlib.sha256(admin_key.encode()).digest())
         try:
-            yield {"resources": Resources(cfg, store, model, pipeline)}
+            yield {"resources": resources}
         finally:
             store.close()
+            keys.close()
+            audit.close()
 
     app = FastAPI(
         title="wearemo",
@@ -98,7 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_request_bytes)
+    app.add_middleware(AuditMiddleware)  # outermost: it sees the status the client gets
     app.include_router(health.router)
     app.include_router(ingest.router)
     app.include_router(subjects.router)
+    app.include_router(admin.router)
     return app
