@@ -181,6 +181,9 @@ def authenticate(
     ...     return who.key_id
     """
     ctx = audit_context(request)  # every attempt is audited, refused ones too
+    subject = request.path_params.get("subject_id")
+    if isinstance(subject, str):  # so an unauthenticated attempt still names whose data
+        ctx.touch(subject)
     key = bearer.credentials if bearer is not None else header_key
     if not key:
         raise HTTPException(
