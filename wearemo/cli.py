@@ -331,6 +331,28 @@ def _states_table(rows: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
+def _demo_keys(data_dir: Path, subjects: list[str], *, per_subject: bool
+               ) -> tuple[list[str], str]:
+    """Keys of the demo, created offline in its data dir: device keys for the bridges (one
+    for all subjects, or one per subject) and a reader key on a cohort of them for the live
+    table. Returns (device keys, reader key)."""
+    from wearemo.api.audit import AuditEntry, AuditLog
+    from wearemo.api.keystore import KeyStore
+    from wearemo.settings import Settings
+
+    path = Settings(data_dir=data_dir).resolved_auth_path()
+    with KeyStore(path) as keys, AuditLog(path) as log:
+        groups = [[s] for s in subjects] if per_subject else [subjects]
+        devices = [keys.create_key("device", subjects=g, name="demo bridge") for g in groups]
+        keys.create_cohort("demo", subjects=subjects)
+        reader = keys.create_key("reader", name="demo live table")
+        keys.grant_cohort("demo", reader.info.key_id)
+        log.extend([AuditEntry.new("cli", "admin", "cli demo", None, 0,
+                                   f"created key {k.info.key_id} ({k.info.role})")
+                    for k in (*devices, reader)])
+    return [d.secret for d in devices], reader.secret
+
+
 @app.command()
 def demo(
     subjects: Annotated[int, typer.Option(help="Virtual wearables (one subject each).")] = 1,
@@ -369,6 +391,8 @@ def demo(
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "WEAREMO_DATA_DIR": str(workdir / "data")}
+    [device_key], reader_key = _demo_keys(
+        workdir / "data", [f"demo-{k + 1:02d}" for k in range(subjects)], per_subject=False)
     api = subprocess.Popen(
         [sys.executable, "-m", "wearemo", "serve", "--port", str(port)], env=env
     )
@@ -383,10 +407,12 @@ def demo(
         ]
         if duration is not None:
             cmd += ["--duration", str(duration)]
-        bridge_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        bridge_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                       env={**os.environ, "WEAREMO_API_KEY": device_key})
         labels = _labels_of(src)
         rows: dict[str, dict[str, Any]] = {}
-        with httpx.Client(base_url=url, timeout=10.0) as client, Live(
+        with httpx.Client(base_url=url, timeout=10.0,
+                          headers={"Authorization": f"Bearer {reader_key}"}) as client, Live(
             _states_table(rows), console=console, refresh_per_second=2
         ) as live:
             while bridge_proc.poll() is None:
@@ -458,6 +484,8 @@ def _chaos_demo(*, subjects: int, src: str, duration: float | None, speed: float
     api_port = _free_port()
     url = f"http://127.0.0.1:{api_port}"
     env = {**os.environ, "WEAREMO_DATA_DIR": str(workdir / "data")}
+    device_keys, reader_key = _demo_keys(
+        workdir / "data", [f"demo-{k + 1:02d}" for k in range(subjects)], per_subject=True)
 
     def start_api() -> subprocess.Popen[bytes]:
         proc = procs.spawn(["wearemo", "serve", "--port", str(api_port)], "api.log", env)
@@ -470,7 +498,8 @@ def _chaos_demo(*, subjects: int, src: str, duration: float | None, speed: float
             "--subject", f"demo-{k + 1:02d}", "--device-id", f"vw-{k + 1:02d}",
             "--bumble-transport", f"tcp-client:127.0.0.1:{ports[subjects + k]}",
             "--spool", str(workdir / f"spool-{k + 1:02d}.sqlite"), "--drain-timeout", "120",
-            "--report", str(workdir / f"bridge-{k + 1:02d}.json")], f"bridge-{k + 1:02d}.log")
+            "--report", str(workdir / f"bridge-{k + 1:02d}.json")], f"bridge-{k + 1:02d}.log",
+            {**os.environ, "WEAREMO_API_KEY": device_keys[k]})
 
     labels = _labels_of(src)
     rows: dict[str, dict[str, Any]] = {}
@@ -488,7 +517,8 @@ def _chaos_demo(*, subjects: int, src: str, duration: float | None, speed: float
         events = sorted([(outage[0], "api-down"), (outage[1], "api-up"),
                          (0.6 * wall_s, "kill-bridge")])
         faults: list[str] = []
-        with httpx.Client(base_url=url, timeout=10.0) as client, Live(
+        with httpx.Client(base_url=url, timeout=10.0,
+                          headers={"Authorization": f"Bearer {reader_key}"}) as client, Live(
             _states_table(rows), console=console, refresh_per_second=2
         ) as live:
             while any(w.poll() is None for w in wearables):
