@@ -14,11 +14,13 @@ from api_support import ADMIN_KEY, admin_client, bearer, create_key, serve, sett
 from fastapi import routing
 from pydantic import ValidationError
 from simdata import T0, S
+from typer.testing import CliRunner
 
 from wearemo.api import create_app
 from wearemo.api.audit import AuditLog
 from wearemo.api.auth import load_admin_key
 from wearemo.api.deps import authenticate
+from wearemo.cli import app as cli
 from wearemo.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -229,6 +231,9 @@ def test_audit_log_records_and_detects_tampering(tmp_path: Path) -> None:
         assert check["ok"] and check["entries"] == len(everything) + 1
 
     path = settings.resolved_auth_path()
+    verify = ["audit", "verify", "--data-dir", str(tmp_path)]
+    ok = CliRunner().invoke(cli, verify)
+    assert ok.exit_code == 0 and "audit log intact" in ok.output
     db = sqlite3.connect(path)
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         db.execute("UPDATE audit SET outcome = 200 WHERE seq = 2")
@@ -243,6 +248,31 @@ def test_audit_log_records_and_detects_tampering(tmp_path: Path) -> None:
         report = log.verify()
     assert not report.ok and report.broken_seq == 3 and "changed" in (report.reason or "")
     assert report.entries == 2
+    bad = CliRunner().invoke(cli, verify)
+    assert bad.exit_code == 1 and "tampered" in bad.output and "entry 3" in bad.output
+
+
+def test_cli_keys_work_offline_and_against_a_running_api(tmp_path: Path) -> None:
+    runner = CliRunner()
+    made = runner.invoke(cli, ["keys", "create", "--role", "device", "--subject", "cli1",
+                               "--expires-in", "1d", "--data-dir", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    secret = made.stdout.strip().splitlines()[-1]
+    assert secret.startswith("wmo_")
+    bad = runner.invoke(cli, ["keys", "create", "--role", "reader", "--subject", "x",
+                              "--data-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "device keys" in bad.output
+    with serve(settings_for(tmp_path)) as url, httpx.Client(base_url=url) as c:
+        r = c.post("/v1/ingest", json={"batches": [eda("k0", "cli1", 0)]}, headers=bearer(secret))
+        assert r.status_code == 200, r.text
+        key_id = secret.split("_")[1]
+        assert runner.invoke(cli, ["keys", "revoke", key_id, "--data-dir", str(tmp_path)]
+                             ).exit_code == 0
+        r = c.post("/v1/ingest", json={"batches": [eda("k1", "cli1", 2)]}, headers=bearer(secret))
+        assert r.status_code == 401  # the revocation applies to the running API at once
+        audit = c.get("/v1/admin/audit", headers=bearer(ADMIN_KEY)).json()
+    assert [e["action"] for e in audit if e["key_id"] == "cli"] == [
+        "cli keys create", "cli keys create", "cli keys revoke"]
 
 
 def test_weak_admin_keys_are_refused_and_one_is_generated(
