@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="stream wearables to the wearemo API")
     run.add_argument("--api", required=True, help="API base URL, e.g. http://127.0.0.1:8000")
+    run.add_argument("--api-key", default=os.environ.get("WEAREMO_API_KEY"),
+                     help="wearemo API key of this bridge (a device key granted its subjects; "
+                     "default: the WEAREMO_API_KEY environment variable, which keeps it out of "
+                     "the process list)")
     target = run.add_mutually_exclusive_group(required=True)
     target.add_argument("--virtual", type=int, metavar="N", help="N virtual wearables (bumble)")
     target.add_argument("--device", action="append", metavar="NAME_OR_ADDRESS[=SUBJECT]",
@@ -118,6 +123,7 @@ async def _run(args: argparse.Namespace) -> RunReport:
             api_url=args.api, spool_path=args.spool, n_virtual=args.virtual, source=args.source,
             speed=args.speed, duration_s=args.duration, offset_s=args.offset, seed=args.seed,
             drain_timeout_s=args.drain_timeout, chaos_drops=args.chaos, live=args.live,
+            api_key=args.api_key,
         ))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -127,7 +133,7 @@ async def _run(args: argparse.Namespace) -> RunReport:
     return await run_devices(
         _targets(args), api_url=args.api, spool_path=args.spool, duration_s=args.duration,
         stop=stop, drain_timeout_s=args.drain_timeout, bumble_transport=args.bumble_transport,
-        live=args.live,
+        live=args.live, api_key=args.api_key,
     )
 
 

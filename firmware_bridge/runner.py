@@ -165,6 +165,8 @@ class VirtualRunConfig:
         its replay (seeded by ``seed``).
     live
         Show the live status table (devices, rates, gaps, spool, uplink) on stderr.
+    api_key
+        The wearemo API key the uplink sends (``Authorization: Bearer``); None sends none.
     """
 
     api_url: str
@@ -179,6 +181,7 @@ class VirtualRunConfig:
     mtu: int = 247
     chaos_drops: int = 0
     live: bool = False
+    api_key: str | None = field(default=None, repr=False)  # a secret: kept out of reprs
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_virtual <= 99:
@@ -246,7 +249,7 @@ async def run_virtual(config: VirtualRunConfig) -> RunReport:
     wearables: list[VirtualWearable] = []
     links: list[DeviceLink] = []
     with Spool(config.spool_path) as spool:
-        uplink = Uplink(spool, api_url=config.api_url)
+        uplink = Uplink(spool, api_url=config.api_url, api_key=config.api_key)
         uplink_stop, link_stop = asyncio.Event(), asyncio.Event()
         uplink_task = asyncio.create_task(uplink.run(uplink_stop), name="uplink")
         link_tasks: list[asyncio.Task[None]] = []
@@ -345,6 +348,7 @@ async def run_devices(
     drain_timeout_s: float = 30.0,
     bumble_transport: str | None = None,
     live: bool = False,
+    api_key: str | None = None,
 ) -> RunReport:
     """Several wearables on one bridge (one spool, one uplink) until ``duration_s`` or
     ``stop``.
@@ -370,7 +374,7 @@ async def run_devices(
         "backend": BleakClientBumble, "scanner_backend": BleakScannerBumble,
         "backend_kwargs": {"bumble": transport}}
     with Spool(spool_path) as spool:
-        uplink = Uplink(spool, api_url=api_url)
+        uplink = Uplink(spool, api_url=api_url, api_key=api_key)
         uplink_stop, link_stop = asyncio.Event(), asyncio.Event()
         uplink_task = asyncio.create_task(uplink.run(uplink_stop), name="uplink")
         links = [DeviceLink(DeviceLinkConfig(subject_id=t.subject, device_id=t.id,
@@ -409,6 +413,7 @@ async def run_device(
     stop: asyncio.Event | None = None,
     drain_timeout_s: float = 30.0,
     bumble_transport: str | None = None,
+    api_key: str | None = None,
 ) -> RunReport:
     """One wearable (by address or advertised name): :func:`run_devices` with one target.
 
@@ -422,4 +427,4 @@ async def run_device(
     return await run_devices(
         [DeviceTarget(subject, address=address, name=name, device_id=device)],
         api_url=api_url, spool_path=spool_path, duration_s=duration_s, stop=stop,
-        drain_timeout_s=drain_timeout_s, bumble_transport=bumble_transport)
+        drain_timeout_s=drain_timeout_s, bumble_transport=bumble_transport, api_key=api_key)

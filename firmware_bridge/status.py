@@ -76,11 +76,12 @@ def status_table(now: StatusSnapshot, before: StatusSnapshot | None) -> Table:
     """The status as a table; rates come from the difference to ``before``."""
     dt = (now.at - before.at) if before is not None else 0.0
     prev = {d.device_id: d for d in before.devices} if before is not None else {}
-    up = (
-        "[green]up[/green]"
-        if now.uplink_error is None
-        else f"[red]down[/red] ({now.uplink_error})"
-    )
+    if now.uplink_error is None:
+        up = "[green]up[/green]"
+    elif now.uplink_error.startswith("unauthorized"):
+        up = f"[red]unauthorized[/red] ({now.uplink_error.removeprefix('unauthorized ')})"
+    else:
+        up = f"[red]down[/red] ({now.uplink_error})"
     table = Table(title="wearemo bridge", caption=(
         f"spool {now.spool_depth} batches queued, {now.dead_letters} dead-lettered · API {up} · "
         f"{now.uploaded_batches} batches uploaded, {now.retries} retries"))

@@ -12,8 +12,13 @@ What happens to a request:
 * connection error, timeout, 5xx, 408, 425, 429 — the API is down or busy: the same batches are
   retried with exponential backoff and full jitter (``backoff_initial_s`` doubling up to
   ``backoff_max_s``); nothing is dropped however long it takes.
-* 401, 403, 404, 405 — the endpoint or credentials are wrong, not the batch: logged as an error
-  and retried with backoff (never dead-lettered).
+* 401, 403 — the API key is missing, wrong, revoked, or not granted a batch's subject: the
+  batches stay in the spool (never dead-lettered: the data is fine, the credentials are not),
+  the uplink backs off, logs an error and reports ``unauthorized`` in ``stats.last_error`` (the
+  live status shows it) until a request is accepted again, e.g. after the key is granted the
+  subject or replaced with :meth:`Uplink.set_api_key`.
+* 404, 405 — the endpoint is wrong, not the batch: logged as an error and retried with backoff
+  (never dead-lettered).
 * 409, 422, 400, 413 and other 4xx — the API refuses a batch for good: the batch it names
   (``loc`` index or ``detail.batch_id``) is moved to the spool's dead-letter table with the
   status and reason, the others are sent again; when no batch is named, the request is split in
@@ -52,7 +57,8 @@ __all__ = ["Uplink", "UplinkStats"]
 logger = logging.getLogger(__name__)
 
 _RETRYABLE = {408, 425, 429}
-_MISCONFIGURED = {401, 403, 404, 405}
+_UNAUTHORIZED = {401, 403}
+_MISCONFIGURED = {404, 405}
 
 
 @dataclass
@@ -73,7 +79,9 @@ class UplinkStats:
         Samples acked (stored or duplicate) per subject and channel.
     last_error
         Why the latest attempt failed (None once a request succeeds again): the live status's
-        "API down" indicator.
+        "API down" indicator; it starts with ``unauthorized`` when the API refused the key.
+    unauthorized
+        Attempts refused with HTTP 401 or 403 (their batches stayed spooled).
     """
 
     requests: int = 0
@@ -83,6 +91,7 @@ class UplinkStats:
     dead_lettered: int = 0
     uploaded_samples: dict[str, dict[str, int]] = field(default_factory=dict)
     last_error: str | None = None
+    unauthorized: int = 0
 
     def _count(self, batch: SampleBatch) -> None:
         per = self.uploaded_samples.setdefault(batch.subject_id, {})
@@ -111,7 +120,9 @@ class Uplink:
     idle_poll_s
         How often an empty spool is looked at again.
     headers
-        Extra HTTP headers (e.g. ``Authorization``).
+        Extra HTTP headers.
+    api_key
+        The wearemo API key, sent as ``Authorization: Bearer <key>`` (None: no key).
     transport
         Optional httpx transport (tests, proxies); None uses the network.
 
@@ -134,6 +145,7 @@ class Uplink:
         backoff_max_s: float = 10.0,
         idle_poll_s: float = 0.1,
         headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if max_batches_per_request < 1:
@@ -148,10 +160,24 @@ class Uplink:
         self.backoff_max_s = backoff_max_s
         self.idle_poll_s = idle_poll_s
         self.headers = dict(headers or {})
+        self._api_key = api_key
         self.stats = UplinkStats()
         self._transport = transport
         self._attempt = 0
         self._wake = asyncio.Event()
+
+    def set_api_key(self, api_key: str | None) -> None:
+        """Send ``api_key`` from the next request on (e.g. a replaced key), and retry now.
+
+        Example
+        -------
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as tmp, Spool(pathlib.Path(tmp) / "s.db") as sp:
+        ...     Uplink(sp, api_url="http://127.0.0.1:8000").set_api_key("wmo_...")
+        """
+        self._api_key = api_key
+        self._attempt = 0
+        self._wake.set()
 
     def notify(self) -> None:
         """Tell a waiting uplink that new batches were spooled (saves a poll interval)."""
@@ -235,7 +261,8 @@ class Uplink:
             body = {"batches": [b.model_dump(mode="json") for b in pending]}
             self.stats.requests += 1
             try:
-                response = await client.post(self.ingest_url, json=body)
+                auth = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+                response = await client.post(self.ingest_url, json=body, headers=auth)
             except httpx.HTTPError as error:  # connection refused, reset, timeout, ...
                 raise _TransientError(f"{type(error).__name__}: {error}") from error
             status = response.status_code
@@ -244,6 +271,14 @@ class Uplink:
                 return
             if status >= 500 or status in _RETRYABLE:
                 raise _TransientError(f"HTTP {status}")
+            if status in _UNAUTHORIZED:
+                self.stats.unauthorized += 1
+                detail = _json(response)
+                why = detail.get("detail") if isinstance(detail, dict) else None
+                logger.error("uplink: HTTP %d from %s: %s (check the API key and its grant; "
+                             "the batches stay spooled)", status, self.ingest_url,
+                             why or response.text[:300])
+                raise _TransientError(f"unauthorized (HTTP {status}: {why or 'refused'})"[:300])
             if status in _MISCONFIGURED:
                 logger.error("uplink: HTTP %d from %s: %s (check the API URL / credentials)",
                              status, self.ingest_url, response.text[:300])

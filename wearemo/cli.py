@@ -42,6 +42,7 @@ __all__ = ["app"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
+err_console = Console(stderr=True)  # messages, so stdout carries only what scripts capture
 
 
 def _free_port() -> int:
@@ -78,7 +79,11 @@ def serve(
 
     if data_dir is not None:
         os.environ["WEAREMO_DATA_DIR"] = str(data_dir)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValueError as exc:  # e.g. a weak WEAREMO_ADMIN_KEY: refused with a clear message
+        console.print(f"[red]refusing to start:[/red] {exc}")
+        raise typer.Exit(2) from exc
     configure_logging(settings.log_format, settings.log_level)
     # log_config=None keeps uvicorn's records on our handler; access lines come from wearemo's
     # own middleware (structured, with request ids), so uvicorn's are off.
@@ -102,6 +107,213 @@ def bridge(ctx: typer.Context) -> None:
     raise typer.Exit(subprocess.call([sys.executable, "-m", "firmware_bridge", *args]))
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="API keys in the data dir (offline).")
+cohorts_app = typer.Typer(no_args_is_help=True, help="Cohorts of subjects for reader keys.")
+subjects_app = typer.Typer(no_args_is_help=True, help="Pseudonymous subject ids.")
+audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
+app.add_typer(keys_app, name="keys")
+app.add_typer(cohorts_app, name="cohorts")
+app.add_typer(subjects_app, name="subjects")
+app.add_typer(audit_app, name="audit")
+
+DataDir = Annotated[Path | None, typer.Option(
+    help="Service data dir (default: WEAREMO_DATA_DIR, else out/data).")]
+
+
+def _auth_path(data_dir: Path | None) -> Path:
+    from wearemo.settings import Settings
+
+    if data_dir is not None:
+        return Settings(data_dir=data_dir).resolved_auth_path()
+    try:
+        return Settings().resolved_auth_path()
+    except ValueError as exc:  # e.g. a weak WEAREMO_ADMIN_KEY in the environment
+        console.print(f"[red]bad settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@contextlib.contextmanager
+def _admin(data_dir: Path | None, action: str) -> Any:
+    """The key store of the data dir, with the CLI action appended to the audit log."""
+    from wearemo.api.audit import AuditEntry, AuditLog
+    from wearemo.api.keystore import KeyStore, KeyStoreError, UnknownError
+
+    path = _auth_path(data_dir)
+    detail: list[str] = []
+    with KeyStore(path) as keys, AuditLog(path) as log:
+        try:
+            yield keys, detail
+        except (KeyStoreError, UnknownError) as exc:
+            log.append(AuditEntry.new("cli", "admin", f"cli {action}", None, 1, str(exc)))
+            console.print(f"[red]{action}:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        for d in detail or [""]:
+            log.append(AuditEntry.new("cli", "admin", f"cli {action}", None, 0, d))
+
+
+def _duration_ns(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        value, unit = (float(text[:-1]), text[-1]) if text[-1:] in units else (float(text), "s")
+        if value <= 0:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected a positive duration like 3600, 12h or "
+                                 "30d") from None
+    return int(value * units[unit] * 1e9)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="device, reader or admin.")],
+    subject: Annotated[list[str] | None, typer.Option(
+        help="Subject a device key may write and read (repeat).")] = None,
+    cohort: Annotated[list[str] | None, typer.Option(
+        help="Cohort a reader key reads (repeat; created if missing).")] = None,
+    name: Annotated[str, typer.Option(help="A label for people.")] = "",
+    expires_in: Annotated[str | None, typer.Option(help="Lifetime, e.g. 3600, 12h, 30d.")]
+    = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API key and print it (the only time the secret is shown)."""
+    from wearemo.api.keystore import ROLES
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"--role must be one of {list(ROLES)}, got {role!r}")
+    if cohort and role != "reader":
+        raise typer.BadParameter("--cohort is for reader keys (device keys take --subject)")
+    expires = None if expires_in is None else time.time_ns() + _duration_ns(expires_in)
+    with _admin(data_dir, "keys create") as (keys, detail):
+        created = keys.create_key(role, subjects=subject or [], name=name,  # type: ignore[arg-type]
+                                  expires_ns=expires)
+        existing = {c.name for c in keys.list_cohorts()}
+        for c in cohort or []:
+            if c not in existing:
+                keys.create_cohort(c)
+            keys.grant_cohort(c, created.info.key_id)
+        detail.append(f"created key {created.info.key_id} ({role})")
+    err_console.print(f"key {created.info.key_id} ({role}); send it as `Authorization: Bearer "
+                  "<key>`; it is not shown again:", highlight=False, soft_wrap=True)
+    print(created.secret)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """List keys (never their secrets)."""
+    table = Table("key id", "role", "name", "active", "expires", "subjects", "cohorts")
+    with _admin(data_dir, "keys list") as (keys, _):
+        for k in keys.list_keys():
+            exp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(k.expires_ns / 1e9)) \
+                if k.expires_ns else "-"
+            table.add_row(k.key_id, k.role, k.name, "yes" if k.active() else "no", exp,
+                          ", ".join(k.subjects), ", ".join(k.cohorts))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id.")],
+                data_dir: DataDir = None) -> None:
+    """Revoke a key (refused by a running API from its next request)."""
+    with _admin(data_dir, "keys revoke") as (keys, detail):
+        keys.revoke(key_id)
+        detail.append(f"revoked key {key_id}")
+    console.print(f"key {key_id} revoked")
+
+
+@cohorts_app.command("create")
+def cohorts_create(name: Annotated[str, typer.Argument()],
+                   subject: Annotated[list[str] | None, typer.Option(help="Repeat.")] = None,
+                   data_dir: DataDir = None) -> None:
+    """Create a cohort."""
+    with _admin(data_dir, "cohorts create") as (keys, detail):
+        keys.create_cohort(name, subjects=subject or [])
+        detail.append(f"created cohort {name}")
+    console.print(f"cohort {name} created")
+
+
+@cohorts_app.command("add")
+def cohorts_add(name: Annotated[str, typer.Argument()],
+                subjects: Annotated[list[str], typer.Argument(help="Subject ids.")],
+                data_dir: DataDir = None) -> None:
+    """Add subjects to a cohort."""
+    with _admin(data_dir, "cohorts add") as (keys, detail):
+        keys.add_subjects(name, subjects)
+        detail.append(f"cohort {name}: added {', '.join(subjects)}"[:500])
+
+
+@cohorts_app.command("remove")
+def cohorts_remove(name: Annotated[str, typer.Argument()],
+                   subject: Annotated[str, typer.Argument()], data_dir: DataDir = None) -> None:
+    """Remove a subject from a cohort."""
+    with _admin(data_dir, "cohorts remove") as (keys, detail):
+        keys.remove_subject(name, subject)
+        detail.append(f"cohort {name}: removed {subject}")
+
+
+@cohorts_app.command("grant")
+def cohorts_grant(name: Annotated[str, typer.Argument()],
+                  key_id: Annotated[str, typer.Argument()], data_dir: DataDir = None) -> None:
+    """Let a reader key read a cohort."""
+    with _admin(data_dir, "cohorts grant") as (keys, detail):
+        keys.grant_cohort(name, key_id)
+        detail.append(f"cohort {name}: granted to key {key_id}")
+
+
+@cohorts_app.command("list")
+def cohorts_list(data_dir: DataDir = None) -> None:
+    """List cohorts, their subjects and reader keys."""
+    table = Table("cohort", "subjects", "reader keys")
+    with _admin(data_dir, "cohorts list") as (keys, _):
+        for c in keys.list_cohorts():
+            table.add_row(c.name, ", ".join(c.subjects), ", ".join(c.keys))
+    console.print(table)
+
+
+@subjects_app.command("mint")
+def subjects_mint(count: Annotated[int, typer.Argument()] = 1,
+                  cohort: Annotated[str | None, typer.Option(help="Add them to it.")] = None,
+                  data_dir: DataDir = None) -> None:
+    """Mint random pseudonymous subject ids (one per line)."""
+    with _admin(data_dir, "subjects mint") as (keys, detail):
+        if cohort is not None:
+            keys.cohort(cohort)
+        minted = keys.mint_subjects(count)
+        if cohort is not None:
+            keys.add_subjects(cohort, minted)
+        detail.append(f"minted {len(minted)} subject ids")
+    print("\n".join(minted))
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = None) -> None:
+    """Check the audit log's hash chain; exit code 1 at the first tampered entry."""
+    from wearemo.api.audit import AuditLog
+
+    with AuditLog(_auth_path(data_dir)) as log:
+        report = log.verify()
+    if report.ok:
+        console.print(f"audit log intact: {report.entries} entries, head {report.head_sha256}",
+                      highlight=False)
+        return
+    console.print(f"[red]audit log tampered[/red] at entry {report.broken_seq}: "
+                  f"{report.reason} ({report.entries} entries before it intact)")
+    raise typer.Exit(1)
+
+
+@audit_app.command("show")
+def audit_show(subject: Annotated[str | None, typer.Option(help="Only this subject.")] = None,
+               after: Annotated[int, typer.Option(help="Entries after this seq.")] = 0,
+               limit: Annotated[int, typer.Option()] = 100, data_dir: DataDir = None) -> None:
+    """Print audit entries as JSON lines."""
+    from dataclasses import asdict
+
+    from wearemo.api.audit import AuditLog
+
+    with AuditLog(_auth_path(data_dir)) as log:
+        for e in log.entries(after_seq=after, subject_id=subject, limit=limit):
+            print(json.dumps(asdict(e)))
+
+
 def _states_table(rows: dict[str, dict[str, Any]]) -> Table:
     table = Table(title="wearemo live states (window end, UTC of the recording)")
     for col in ("subject", "end", "label", "state", "p", "why withheld", "samples"):
@@ -121,6 +333,28 @@ def _states_table(rows: dict[str, dict[str, Any]]) -> Table:
             str(r.get("samples", 0)),
         )
     return table
+
+
+def _demo_keys(data_dir: Path, subjects: list[str], *, per_subject: bool
+               ) -> tuple[list[str], str]:
+    """Keys of the demo, created offline in its data dir: device keys for the bridges (one
+    for all subjects, or one per subject) and a reader key on a cohort of them for the live
+    table. Returns (device keys, reader key)."""
+    from wearemo.api.audit import AuditEntry, AuditLog
+    from wearemo.api.keystore import KeyStore
+    from wearemo.settings import Settings
+
+    path = Settings(data_dir=data_dir).resolved_auth_path()
+    with KeyStore(path) as keys, AuditLog(path) as log:
+        groups = [[s] for s in subjects] if per_subject else [subjects]
+        devices = [keys.create_key("device", subjects=g, name="demo bridge") for g in groups]
+        keys.create_cohort("demo", subjects=subjects)
+        reader = keys.create_key("reader", name="demo live table")
+        keys.grant_cohort("demo", reader.info.key_id)
+        log.extend([AuditEntry.new("cli", "admin", "cli demo", None, 0,
+                                   f"created key {k.info.key_id} ({k.info.role})")
+                    for k in (*devices, reader)])
+    return [d.secret for d in devices], reader.secret
 
 
 @app.command()
@@ -163,6 +397,8 @@ def demo(
     # The API shares the terminal with the live table: plain text, warnings only.
     env = {"WEAREMO_LOG_FORMAT": "plain", "WEAREMO_LOG_LEVEL": "WARNING", **os.environ,
            "WEAREMO_DATA_DIR": str(workdir / "data")}
+    [device_key], reader_key = _demo_keys(
+        workdir / "data", [f"demo-{k + 1:02d}" for k in range(subjects)], per_subject=False)
     api = subprocess.Popen(
         [sys.executable, "-m", "wearemo", "serve", "--port", str(port)], env=env
     )
@@ -177,10 +413,12 @@ def demo(
         ]
         if duration is not None:
             cmd += ["--duration", str(duration)]
-        bridge_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        bridge_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                       env={**os.environ, "WEAREMO_API_KEY": device_key})
         labels = _labels_of(src)
         rows: dict[str, dict[str, Any]] = {}
-        with httpx.Client(base_url=url, timeout=10.0) as client, Live(
+        with httpx.Client(base_url=url, timeout=10.0,
+                          headers={"Authorization": f"Bearer {reader_key}"}) as client, Live(
             _states_table(rows), console=console, refresh_per_second=2
         ) as live:
             while bridge_proc.poll() is None:
@@ -253,6 +491,8 @@ def _chaos_demo(*, subjects: int, src: str, duration: float | None, speed: float
     url = f"http://127.0.0.1:{api_port}"
     env = {"WEAREMO_LOG_FORMAT": "plain", **os.environ,
            "WEAREMO_DATA_DIR": str(workdir / "data")}
+    device_keys, reader_key = _demo_keys(
+        workdir / "data", [f"demo-{k + 1:02d}" for k in range(subjects)], per_subject=True)
 
     def start_api() -> subprocess.Popen[bytes]:
         proc = procs.spawn(["wearemo", "serve", "--port", str(api_port)], "api.log", env)
@@ -265,7 +505,8 @@ def _chaos_demo(*, subjects: int, src: str, duration: float | None, speed: float
             "--subject", f"demo-{k + 1:02d}", "--device-id", f"vw-{k + 1:02d}",
             "--bumble-transport", f"tcp-client:127.0.0.1:{ports[subjects + k]}",
             "--spool", str(workdir / f"spool-{k + 1:02d}.sqlite"), "--drain-timeout", "120",
-            "--report", str(workdir / f"bridge-{k + 1:02d}.json")], f"bridge-{k + 1:02d}.log")
+            "--report", str(workdir / f"bridge-{k + 1:02d}.json")], f"bridge-{k + 1:02d}.log",
+            {**os.environ, "WEAREMO_API_KEY": device_keys[k]})
 
     labels = _labels_of(src)
     rows: dict[str, dict[str, Any]] = {}
@@ -283,7 +524,8 @@ def _chaos_demo(*, subjects: int, src: str, duration: float | None, speed: float
         events = sorted([(outage[0], "api-down"), (outage[1], "api-up"),
                          (0.6 * wall_s, "kill-bridge")])
         faults: list[str] = []
-        with httpx.Client(base_url=url, timeout=10.0) as client, Live(
+        with httpx.Client(base_url=url, timeout=10.0,
+                          headers={"Authorization": f"Bearer {reader_key}"}) as client, Live(
             _states_table(rows), console=console, refresh_per_second=2
         ) as live:
             while any(w.poll() is None for w in wearables):

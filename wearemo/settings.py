@@ -9,14 +9,55 @@ Example
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "get_settings", "secret_weakness"]
+
+#: Values (and parts of values) that are published defaults or guesses, never secrets.
+_KNOWN_DEFAULTS = ("changeme", "change-me", "change_me", "admin", "password", "secret", "default",
+                   "letmein", "qwerty", "123456", "example", "wearemo")
+#: Shortest accepted secret, characters.
+MIN_SECRET_CHARS = 32
+#: Least estimated entropy (character frequencies × length) of an accepted secret, bits.
+MIN_SECRET_BITS = 80.0
+
+
+def secret_weakness(value: str) -> str | None:
+    """Why ``value`` is not an acceptable secret, or None when it is.
+
+    Refused: fewer than 32 characters, a known default or guess anywhere in it ("changeme",
+    "admin", "password", ...), a repeated pattern, or under ~80 bits of entropy estimated
+    from its character frequencies (a random 32-character hex string has ~115, a
+    ``secrets.token_urlsafe(32)`` ~200).
+
+    Example
+    -------
+    >>> secret_weakness("changeme")
+    'shorter than 32 characters'
+    >>> import secrets
+    >>> secret_weakness(secrets.token_urlsafe(32)) is None
+    True
+    """
+    if len(value) < MIN_SECRET_CHARS:
+        return f"shorter than {MIN_SECRET_CHARS} characters"
+    lowered = value.lower()
+    for word in _KNOWN_DEFAULTS:
+        if word in lowered:
+            return f"contains the well-known default {word!r}"
+    if value in (value + value)[1:-1]:  # a shorter unit repeated
+        return "a repeated pattern"
+    counts = Counter(value)
+    bits = -sum(n * math.log2(n / len(value)) for n in counts.values())
+    if bits < MIN_SECRET_BITS:
+        return f"low entropy (~{bits:.0f} bits estimated, at least {MIN_SECRET_BITS:.0f} needed)"
+    return None
 
 
 class Settings(BaseSettings):
@@ -83,6 +124,13 @@ class Settings(BaseSettings):
     log_format, log_level
         ``json`` (one object per line, the service default) or ``plain`` (people: CLI, demo),
         and the level of wearemo's loggers.
+    admin_key
+        The bootstrap admin API key (``WEAREMO_ADMIN_KEY``). A weak or well-known value is
+        refused at start; when unset, one is generated on first start into
+        ``data_dir / "admin.key"`` (mode 0600).
+    auth_path
+        SQLite file of API keys, cohorts and the audit log; defaults to
+        ``data_dir / "auth.sqlite3"`` (independent of the state store).
     """
 
     model_config = SettingsConfigDict(
@@ -138,6 +186,23 @@ class Settings(BaseSettings):
             raise ValueError("influx_url: WEAREMO_STORE=influx needs WEAREMO_INFLUX_URL")
         return self
 
+    admin_key: SecretStr | None = None
+    auth_path: Path | None = None
+
+    @field_validator("admin_key")
+    @classmethod
+    def _refuse_weak_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        why = secret_weakness(value.get_secret_value())
+        if why is not None:
+            raise ValueError(
+                f"WEAREMO_ADMIN_KEY is refused: {why}. Use a random value, e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`, or leave it "
+                "unset to have one generated into data_dir/admin.key"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_window(self) -> Settings:
         if self.step_s > self.window_s:
@@ -161,6 +226,9 @@ class Settings(BaseSettings):
         if self.alerts_path is not None:
             return self.alerts_path
         return self.data_dir / "alerts.sqlite3"
+    def resolved_auth_path(self) -> Path:
+        """The key/audit SQLite file: ``auth_path`` or ``data_dir / "auth.sqlite3"``."""
+        return self.auth_path if self.auth_path is not None else self.data_dir / "auth.sqlite3"
 
 
 @lru_cache(maxsize=1)

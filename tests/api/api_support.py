@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
 import threading
 import time
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import simdata
 import uvicorn
 
@@ -18,6 +20,29 @@ from wearemo.settings import Settings
 
 HR_BPM = 72.0
 MODEL = "default"  # the model shipped in the package
+#: The bootstrap admin key of every test server (random per test session).
+ADMIN_KEY = secrets.token_urlsafe(32)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def create_key(client: httpx.Client, role: str, *, subjects: list[str] | None = None,
+               cohorts: list[str] | None = None, **extra: object) -> str:
+    """Create a key through the admin API (``client`` sends the admin key); return its secret.
+
+    ``cohorts`` (reader keys) are created if missing and granted to the key.
+    """
+    r = client.post("/v1/admin/keys", json={"role": role, "subjects": subjects or [], **extra},
+                    headers=bearer(ADMIN_KEY))
+    assert r.status_code == 201, r.text
+    key_id, secret = r.json()["key_id"], r.json()["secret"]
+    for name in cohorts or []:
+        client.post("/v1/admin/cohorts", json={"name": name}, headers=bearer(ADMIN_KEY))
+        g = client.put(f"/v1/admin/cohorts/{name}/grants/{key_id}", headers=bearer(ADMIN_KEY))
+        assert g.status_code == 200, g.text
+    return str(secret)
 
 
 def sim_batches(
@@ -60,4 +85,10 @@ def serve(settings: Settings, *, sndbuf: int | None = None) -> Iterator[str]:
 
 
 def settings_for(data_dir: Path, **overrides: object) -> Settings:
+    overrides.setdefault("admin_key", ADMIN_KEY)
     return Settings(data_dir=data_dir, model=MODEL, **overrides)  # type: ignore[arg-type]
+
+
+def admin_client(url: str) -> httpx.Client:
+    """An httpx client of ``url`` sending the bootstrap admin key."""
+    return httpx.Client(base_url=url, timeout=30, headers=bearer(ADMIN_KEY))

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import body, serve, settings_for, sim_batches
+from api_support import admin_client, body, serve, settings_for, sim_batches
 from simdata import T0, S
 from webhook_receiver import Receiver
 
@@ -107,7 +107,7 @@ def test_stress_alert_is_signed_retried_and_fires_once(tmp_path: Path) -> None:
     batches = sim_batches("w1", 420)
     with (Receiver(SECRET, plan=[500, "timeout", 200], slow_s=1.5) as hook,
           serve(settings_for(tmp_path, **FAST)) as url,
-          httpx.Client(base_url=url, timeout=30) as c):
+          admin_client(url) as c):
         ingest(c, batches[:2])
         rule = c.post("/v1/subjects/w1/alerts/rules", json=stress_rule(hook.url)).json()
         before = c.get("/metrics").text
@@ -156,7 +156,7 @@ def test_outbox_survives_restart_while_receiver_is_down(tmp_path: Path) -> None:
     hook_url = f"http://127.0.0.1:{port}/hook"
     settings = settings_for(tmp_path, **{**FAST, "webhook_max_attempts": 100})
     batches = sim_batches("w2", 420)
-    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as c:
+    with serve(settings) as url, admin_client(url) as c:
         ingest(c, batches[:2])
         assert c.post("/v1/subjects/w2/alerts/rules", json=stress_rule(hook_url)).status_code \
             == 201
@@ -165,7 +165,7 @@ def test_outbox_survives_restart_while_receiver_is_down(tmp_path: Path) -> None:
         assert d["status"] == "pending" and d["next_attempt_ns"] is not None
         assert all(a["status_code"] is None and "ConnectError" in a["error"]
                    for a in d["history"])
-    with (serve(settings) as url, httpx.Client(base_url=url, timeout=30) as c):
+    with (serve(settings) as url, admin_client(url) as c):
         [pending] = deliveries(c, "w2")
         assert pending["id"] == d["id"] and pending["status"] == "pending"
         with Receiver(SECRET, port=port) as hook:
@@ -180,7 +180,7 @@ def test_outbox_survives_restart_while_receiver_is_down(tmp_path: Path) -> None:
 def test_no_data_fires_and_resolves(tmp_path: Path) -> None:
     batches = sim_batches("quiet1", 30)
     with (Receiver(SECRET) as hook, serve(settings_for(tmp_path, **FAST)) as url,
-          httpx.Client(base_url=url, timeout=30) as c):
+          admin_client(url) as c):
         ingest(c, batches[:2])
         rule = c.post("/v1/subjects/quiet1/alerts/rules",
                       json={"kind": "no_data", "url": hook.url, "secret": SECRET,
@@ -201,7 +201,7 @@ def test_no_data_fires_and_resolves(tmp_path: Path) -> None:
 
 
 def test_suggestion(tmp_path: Path) -> None:
-    with serve(settings_for(tmp_path)) as url, httpx.Client(base_url=url, timeout=30) as c:
+    with serve(settings_for(tmp_path)) as url, admin_client(url) as c:
         ingest(c, sim_batches("calm1", 420))
         r = c.get("/v1/subjects/calm1/suggestion").json()  # default rule: p_stress > 0.8
         assert r["action"] == "none" and r["notice"].startswith("A wellness suggestion")

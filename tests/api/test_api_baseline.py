@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from api_support import body, serve, settings_for, sim_batches
+from api_support import admin_client, body, serve, settings_for, sim_batches
 from simdata import T0, S
 
 from wearemo.datasets import load_recording
@@ -39,7 +39,7 @@ def test_calibration_on_the_first_rest_is_used_and_survives_a_restart(tmp_path: 
     a, b, c = (next(i for i, x in enumerate(batches) if x.start_ns >= t)
                for t in (rec.start_ns + 120 * S, rest.end_ns + 60 * S, rest.end_ns + 260 * S))
     settings = settings_for(tmp_path)
-    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with serve(settings) as url, admin_client(url) as client:
         send(client, batches[:a])
         early = client.get(f"/v1/subjects/{SID}/baseline").json()
         assert early["source"] == "warm-up" and not early["ready"]
@@ -65,7 +65,7 @@ def test_calibration_on_the_first_rest_is_used_and_survives_a_restart(tmp_path: 
         assert cal["windows_used"] == 51 and cal["created_ns"] > 0
         assert client.get(f"/v1/subjects/{SID}/baseline").json() == cal
         send(client, batches[b:c])
-    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with serve(settings) as url, admin_client(url) as client:
         assert client.get(f"/v1/subjects/{SID}/baseline").json() == cal  # rebuilt from the store
         send(client, batches[c:])
         states = client.get(f"/v1/subjects/{SID}/states", params={"limit": 10_000}).json()

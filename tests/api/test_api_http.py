@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import HR_BPM, MODEL, body, serve, settings_for, sim_batches
+from api_support import HR_BPM, MODEL, admin_client, body, serve, settings_for, sim_batches
 from simdata import T0, S
 
 from wearemo.samples import SampleBatch
@@ -81,7 +81,7 @@ def test_feature_values_match_ground_truth(tmp_path: Path) -> None:
     from wearemo.store import SQLiteStore
 
     settings = settings_for(tmp_path)
-    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as c:
+    with serve(settings) as url, admin_client(url) as c:
         assert post(c, sim_batches("gt", 120)).status_code == 200
     with SQLiteStore(settings.resolved_sqlite_path()) as store:
         hrs = [w.features["hr_mean_bpm"] for w in store.windows("gt")]
@@ -246,11 +246,11 @@ def test_health_ready_and_docs(client: httpx.Client) -> None:
 def test_restart_keeps_states_and_idempotency(tmp_path: Path) -> None:
     batches = sim_batches("rs1", 180)
     settings = settings_for(tmp_path)
-    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as c:
+    with serve(settings) as url, admin_client(url) as c:
         assert post(c, batches[:20]).json()["stored"] == 20
         states_before = c.get("/v1/subjects/rs1/states").json()
         assert len(states_before) == 7  # ends 60..90 s (trackers through 90 s of 100 s)
-    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as c:
+    with serve(settings) as url, admin_client(url) as c:
         assert c.get("/v1/subjects").json() == ["rs1"]
         assert c.get("/v1/subjects/rs1/states").json() == states_before
         retry = post(c, batches[:20]).json()

@@ -15,7 +15,7 @@ import httpx
 import jsonschema
 import numpy as np
 import pytest
-from api_support import body, serve, settings_for, sim_batches
+from api_support import ADMIN_KEY, bearer, body, serve, settings_for, sim_batches
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
 from referencing import Registry, Resource
@@ -57,7 +57,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     rr = rr_batches(SUBJECT, DURATION_S)
     mixed = [b for k in range(DURATION_S // 10) for b in (*batches[2 * k:2 * k + 2], rr[k])]
     with serve(settings_for(tmp_path_factory.mktemp("interop"))) as url, \
-            httpx.Client(base_url=url, timeout=60.0) as client:
+            httpx.Client(base_url=url, timeout=60.0, headers=bearer(ADMIN_KEY)) as client:
         r = client.post("/v1/ingest", json=body(mixed))
         assert r.status_code == 200, r.text
         client.rr = rr  # type: ignore[attr-defined]

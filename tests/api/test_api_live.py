@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import body, serve, settings_for, sim_batches
+from api_support import ADMIN_KEY, admin_client, bearer, body, serve, settings_for, sim_batches
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect
+from websockets.sync.client import connect as ws_connect
 
 from wearemo.samples import SampleBatch
 
@@ -29,19 +29,25 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
+def connect_ws(url: str, **kw: Any):
+    """A WebSocket client sending the admin key."""
+    return ws_connect(url, additional_headers=bearer(ADMIN_KEY), **kw)
+
+
 def ws_url(base: str, path: str) -> str:
     return base.replace("http://", "ws://") + path
 
 
 def upload(base: str, batches: list[SampleBatch], per_request: int = 6) -> None:
-    with httpx.Client(base_url=base, timeout=60) as c:
+    with httpx.Client(base_url=base, timeout=60, headers=bearer(ADMIN_KEY)) as c:
         for i in range(0, len(batches), per_request):
             r = c.post("/v1/ingest", json=body(batches[i:i + per_request]))
             assert r.status_code == 200, r.text
 
 
 def history(base: str, subject: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{base}/v1/subjects/{subject}/states", params={"limit": 100_000})
+    r = httpx.get(f"{base}/v1/subjects/{subject}/states", params={"limit": 100_000},
+                  headers=bearer(ADMIN_KEY))
     out: list[dict[str, Any]] = r.json()
     return out
 
@@ -60,7 +66,7 @@ class SSEReader:
         assert self._ready.wait(30)
 
     def _run(self, full: str, headers: dict[str, str]) -> None:
-        with httpx.Client(timeout=httpx.Timeout(60, read=None)) as c, \
+        with httpx.Client(timeout=httpx.Timeout(60, read=None), headers=bearer(ADMIN_KEY)) as c, \
                 c.stream("GET", full, headers=headers) as r:
             self.status = r.status_code
             self._ready.set()
@@ -91,7 +97,7 @@ class SSEReader:
 
 def ws_collect(base: str, path: str, n: int, out: list[dict[str, Any]],
                opened: threading.Event) -> None:
-    with connect(ws_url(base, path), open_timeout=30) as ws:
+    with connect_ws(ws_url(base, path), open_timeout=30) as ws:
         opened.set()
         while len(out) < n:
             out.append(json.loads(ws.recv(timeout=60)))
@@ -169,14 +175,14 @@ def test_multi_subject_streams(url: str) -> None:
 
 def test_unknown_subjects_and_bad_parameters(url: str) -> None:
     upload(url, sim_batches("known", 10))
-    with pytest.raises(InvalidStatus) as err, connect(ws_url(url, "/v1/subjects/nobody/live")):
+    with pytest.raises(InvalidStatus) as err, connect_ws(ws_url(url, "/v1/subjects/nobody/live")):
         pass
     assert err.value.response.status_code == 404
     with pytest.raises(InvalidStatus) as err, \
-            connect(ws_url(url, "/v1/live?subject=known&subject=nobody")):
+            connect_ws(ws_url(url, "/v1/live?subject=known&subject=nobody")):
         pass
     assert err.value.response.status_code == 404
-    with httpx.Client(base_url=url, timeout=30) as c:
+    with admin_client(url) as c:
         r = c.get("/v1/subjects/nobody/events")
         assert r.status_code == 404 and "nobody" in r.json()["detail"]
         r = c.get("/v1/events", params={"subject": ["known", "nobody"]})
@@ -198,7 +204,7 @@ def test_slow_client_is_disconnected_and_ingest_goes_on(url: str) -> None:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
-    with connect(ws_url(url, "/v1/subjects/slow/live"), sock=sock, open_timeout=30,
+    with connect_ws(ws_url(url, "/v1/subjects/slow/live"), sock=sock, open_timeout=30,
                  max_queue=1, compression=None) as ws:
         started = time.monotonic()
         upload(url, batches[2:], per_request=20)

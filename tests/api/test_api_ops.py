@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import body, serve, settings_for, sim_batches
+from api_support import admin_client, body, serve, settings_for, sim_batches
 from fastapi import Depends, FastAPI, Request
 
 from wearemo.api.observe import RequestObserver
@@ -118,7 +118,7 @@ def test_json_access_log_line(client: httpx.Client) -> None:
 
 def test_readyz_follows_the_store(tmp_path: Path) -> None:
     settings = settings_for(tmp_path / "d")
-    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as c:
+    with serve(settings) as url, admin_client(url) as c:
         assert c.get("/readyz").status_code == 200
         # The data directory is removed under the running service: SQLite would keep writing
         # to the deleted file (lost at the next start), so the service is not ready.

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from api_support import HR_BPM, body, serve, settings_for, sim_batches
+from api_support import ADMIN_KEY, HR_BPM, bearer, body, serve, settings_for, sim_batches
 from simdata import T0, S
 
 from wearemo.features import FEATURE_UNITS
@@ -25,7 +25,7 @@ DURATION_S = 240
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     batches = sim_batches(SUBJECT, DURATION_S)
     with serve(settings_for(tmp_path_factory.mktemp("read"))) as url, \
-            httpx.Client(base_url=url, timeout=60.0) as client:
+            httpx.Client(base_url=url, timeout=60.0, headers=bearer(ADMIN_KEY)) as client:
         r = client.post("/v1/ingest", json=body(batches))
         assert r.status_code == 200, r.text
         client.batches = batches  # type: ignore[attr-defined]

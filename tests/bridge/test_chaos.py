@@ -94,22 +94,28 @@ def test_chaos_run_stores_every_sample_exactly_once(workdir: Path) -> None:
     a, b = _port(), _port()
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(args: list[str], log: str) -> subprocess.Popen[bytes]:
+    def spawn(args: list[str], log: str, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
         with (workdir / log).open("ab") as f:
-            p = subprocess.Popen([sys.executable, "-m", *args], stdout=f, stderr=f)
+            p = subprocess.Popen([sys.executable, "-m", *args], stdout=f, stderr=f, env=env)
         procs.append(p)
         return p
 
     radio = spawn(["firmware_bridge.virtual_wearable.radio", f"tcp-server:127.0.0.1:{a}",
                    f"tcp-server:127.0.0.1:{b}"], "radio.log")
     api = _Api(workdir / "data", workdir / "api.log")
+    # the bridge's device key, made offline with the CLI on the API's data dir
+    made = subprocess.run([sys.executable, "-m", "wearemo", "keys", "create", "--role", "device",
+                           "--subject", SUBJECT, "--data-dir", str(workdir / "data")],
+                          capture_output=True, text=True, check=True)
+    bridge_env = {**os.environ, "WEAREMO_API_KEY": made.stdout.strip()}
 
     def bridge() -> subprocess.Popen[bytes]:
         return spawn(["firmware_bridge", "run", "--api", api.url, "--name", NAME,
                       "--subject", SUBJECT, "--device-id", DEVICE, "--bumble-transport",
                       f"tcp-client:127.0.0.1:{b}", "--spool", str(workdir / "spool.db"),
                       "--report", str(workdir / "bridge.json"), "--drain-timeout", "120",
-                      "-v"], "bridge.log")
+                      "-v"], "bridge.log", bridge_env)
 
     try:
         api.start()

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from firmware_bridge.runner import VirtualRunConfig, run_virtual
+from wearemo.api.keystore import KeyStore
 from wearemo.batch import DEFAULT_EXCERPT
 from wearemo.datasets import load_recording
 from wearemo.features import WindowConfig, featurize_recording
@@ -37,10 +38,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+KEYS: dict[str, str] = {}  # role -> key, created offline in the API's data dir
+
+
 @pytest.fixture(scope="module")
 def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
-    env = {**os.environ, "WEAREMO_DATA_DIR": str(tmp_path_factory.mktemp("store"))}
+    data_dir = tmp_path_factory.mktemp("store")
+    with KeyStore(data_dir / "auth.sqlite3") as keys:  # as `wearemo keys create` does
+        KEYS["device"] = keys.create_key("device", subjects=["demo-01"]).secret
+        reader = keys.create_key("reader")
+        keys.create_cohort("e2e", subjects=["demo-01"])
+        keys.grant_cohort("e2e", reader.info.key_id)
+        KEYS["reader"] = reader.secret
+    env = {**os.environ, "WEAREMO_DATA_DIR": str(data_dir)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "wearemo", "serve", "--port", str(port)], env=env
     )
@@ -63,13 +74,15 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def test_virtual_wearable_to_served_state(api_url: str, tmp_path: Path) -> None:
     report = await run_virtual(
         VirtualRunConfig(api_url=api_url, spool_path=tmp_path / "spool.sqlite", n_virtual=1,
-                         source=DEFAULT_EXCERPT, speed=SPEED, duration_s=REPLAY_S)
+                         source=DEFAULT_EXCERPT, speed=SPEED, duration_s=REPLAY_S,
+                         api_key=KEYS["device"])
     )
     assert report.drained and report.spool_depth == 0 and report.dead_letters == 0
     (subject,) = report.subjects
     sent = report.subjects[subject].sent
 
-    async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=api_url, timeout=30,
+                                 headers={"Authorization": f"Bearer {KEYS['reader']}"}) as client:
         summary = (await client.get(f"/v1/subjects/{subject}")).json()
         latest = await client.get(f"/v1/subjects/{subject}/state")
         history = (await client.get(f"/v1/subjects/{subject}/states",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,12 +25,16 @@ from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from wearemo.alerts import AlertDB, AlertEngine, Dispatcher, RetryPolicy
+from wearemo.api.audit import AuditLog, AuditMiddleware
+from wearemo.api.auth import load_admin_key
 from wearemo.api.deps import AppState, Resources
 from wearemo.api.errors import on_store_unavailable, on_validation_error
+from wearemo.api.keystore import KeyStore
 from wearemo.api.limits import BodySizeLimit
 from wearemo.api.live import LiveHub
 from wearemo.api.observe import RequestObserver
 from wearemo.api.routes import (
+    admin,
     alerts,
     export,
     health,
@@ -118,9 +123,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         unsubscribe_live = pipeline.subscribe(hub.publish)
         engine.start()
         delivering = asyncio.create_task(dispatcher.run(), name="wearemo-webhooks")
-        log.info("wearemo API ready: store=%s model=%s", cfg.store, model.version)
+        admin_key = await run_in_threadpool(load_admin_key, cfg)
+        keys = await run_in_threadpool(KeyStore, cfg.resolved_auth_path())
+        audit = await run_in_threadpool(AuditLog, cfg.resolved_auth_path())
+        log.info("wearemo API ready: store=%s model=%s keys=%s", cfg.store, model.version,
+                 cfg.resolved_auth_path())
+        resources = Resources(
+            settings=cfg, store=store, model=model, pipeline=pipeline, live=hub, keys=keys,
+            audit=audit, admin_key_sha256=hashlib.sha256(admin_key.encode()).digest(),
+        )
         try:
-            yield {"resources": Resources(cfg, store, model, pipeline, hub), "alerts": engine}
+            yield {"resources": resources, "alerts": engine}
         finally:
             unsubscribe_live()
             unsubscribe_alerts()
@@ -130,6 +143,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await delivering
             alert_db.close()
             store.close()
+            keys.close()
+            audit.close()
 
     app = FastAPI(
         title="wearemo",
@@ -140,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StoreUnavailableError, on_store_unavailable)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_request_bytes)
+    app.add_middleware(AuditMiddleware)  # sees the status the client gets
     app.add_middleware(RequestObserver)  # added last: outermost, sees every answer
     app.include_router(health.router)
     app.include_router(ops.router)
@@ -150,4 +166,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(live.router)
     app.include_router(interop.router)
     app.include_router(alerts.router)
+    app.include_router(admin.router)
     return app

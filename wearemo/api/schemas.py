@@ -14,25 +14,36 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from wearemo.model.state import StateEstimate
-from wearemo.samples import Channel, SampleBatch
+from wearemo.samples import Channel, Identifier, SampleBatch
 from wearemo.store.base import SubjectSummary
 
 __all__ = [
+    "AUTH_ERRORS",
+    "AuditEntryOut",
+    "AuditVerifyResponse",
     "BaselineRequest",
     "BaselineResponse",
     "BatchOutcome",
+    "CohortOut",
+    "CohortRequest",
     "ConflictDetail",
     "ConflictResponse",
+    "CreatedKeyOut",
     "ErrorResponse",
     "FeatureWindowOut",
     "HealthResponse",
     "IngestRequest",
     "IngestResponse",
+    "KeyOut",
+    "KeyRequest",
+    "MintRequest",
+    "MintResponse",
     "OmhDataPoint",
     "ReadyResponse",
     "SampleSeries",
     "StateEstimate",
     "SubjectSummary",
+    "SubjectsRequest",
     "ValidationIssue",
     "ValidationResponse",
     "WarmupProgress",
@@ -238,3 +249,114 @@ class OmhDataPoint(BaseModel):
 
     header: dict[str, Any]
     body: dict[str, Any]
+
+
+#: The 401 / 403 answers of every endpoint that needs a key (for the OpenAPI description).
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse,
+          "description": "No API key (with `WWW-Authenticate`), or a malformed, unknown, expired "
+          "or revoked one."},
+    403: {"model": ErrorResponse, "description": "The key's role lacks this endpoint's scope "
+          "(or, for ingest, a batch's subject is outside the key's grant: nothing stored)."},
+}
+
+
+class KeyRequest(BaseModel):
+    """``POST /v1/admin/keys`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["device", "reader", "admin"]
+    subjects: list[Identifier] = Field(
+        default_factory=list, max_length=10_000,
+        description="Subjects a device key may write and read (device keys only).")
+    name: str = Field("", max_length=200, description="A label for people.")
+    expires_in_s: float | None = Field(
+        None, gt=0, le=100 * 365 * 86400, description="Lifetime in seconds; none: no expiry.")
+
+
+class KeyOut(BaseModel):
+    """A key as listed: never its secret."""
+
+    key_id: str
+    role: Literal["device", "reader", "admin"]
+    name: str
+    created_ns: int
+    expires_ns: int | None
+    revoked_ns: int | None
+    active: bool
+    subjects: list[str] = Field(description="Subjects granted directly (device keys).")
+    cohorts: list[str] = Field(description="Cohorts granted (reader keys).")
+
+
+class CreatedKeyOut(KeyOut):
+    """A new key with its secret: shown this once, only a hash is stored."""
+
+    secret: str = Field(description="The whole key to send as `Authorization: Bearer <key>`.")
+
+
+class CohortRequest(BaseModel):
+    """``POST /v1/admin/cohorts`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Identifier
+    subjects: list[Identifier] = Field(default_factory=list, max_length=100_000)
+
+
+class SubjectsRequest(BaseModel):
+    """Subjects to add to a cohort."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subjects: list[Identifier] = Field(min_length=1, max_length=100_000)
+
+
+class CohortOut(BaseModel):
+    """A cohort, its subjects and the reader keys it is granted to."""
+
+    name: str
+    created_ns: int
+    subjects: list[str]
+    keys: list[str]
+
+
+class MintRequest(BaseModel):
+    """``POST /v1/admin/subjects`` body: how many pseudonymous ids to mint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(1, ge=1, le=10_000)
+    cohort: Identifier | None = Field(None, description="Add the new ids to this cohort.")
+
+
+class MintResponse(BaseModel):
+    """Newly minted pseudonymous subject ids (random, derived from nothing)."""
+
+    subjects: list[str]
+
+
+class AuditEntryOut(BaseModel):
+    """One audit log entry."""
+
+    seq: int
+    at_ns: int
+    key_id: str | None
+    role: str | None
+    action: str = Field(examples=["GET /v1/subjects/{subject_id}/states"])
+    subject_id: str | None
+    outcome: int = Field(description="HTTP status of the answer (0: a CLI action).")
+    detail: str
+    prev_sha256: str
+    sha256: str
+
+
+class AuditVerifyResponse(BaseModel):
+    """Result of checking the audit log's hash chain."""
+
+    ok: bool
+    entries: int
+    head_sha256: str = Field(description="Hash of the newest valid entry: keep it elsewhere to "
+                             "detect entries cut off the end later.")
+    broken_seq: int | None
+    reason: str | None

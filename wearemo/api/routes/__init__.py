@@ -1,5 +1,5 @@
 """HTTP routes, one module per resource."""
 
-from wearemo.api.routes import health, ingest, subjects
+from wearemo.api.routes import admin, health, ingest, subjects
 
-__all__ = ["health", "ingest", "subjects"]
+__all__ = ["admin", "health", "ingest", "subjects"]

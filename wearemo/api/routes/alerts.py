@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from wearemo.alerts import AlertEngine, RuleRecord, RuleSpec, Suggestion, suggest
-from wearemo.api.deps import AlertsDep, KnownSubject, StoreDep
+from wearemo.api.deps import AlertableSubject, AlertsDep, KnownSubject, StoreDep
 from wearemo.api.schemas import ErrorResponse, ValidationResponse
 
 __all__ = ["router"]
@@ -124,7 +124,7 @@ def _own_rule(alerts: AlertEngine, subject_id: str, rule_id: str) -> RuleRecord:
 
 
 @router.post("/{subject_id}/alerts/rules", status_code=201, responses=_BAD_RULE)
-def create_rule(subject_id: KnownSubject, spec: RuleSpec, alerts: AlertsDep) -> RuleCreated:
+def create_rule(subject_id: AlertableSubject, spec: RuleSpec, alerts: AlertsDep) -> RuleCreated:
     """Add an alert rule; the answer carries the webhook secret, the only time it is shown."""
     rule, secret = alerts.create_rule(subject_id, spec)
     return RuleCreated(**_out(rule), secret=secret)
@@ -144,7 +144,7 @@ def get_rule(subject_id: KnownSubject, rule_id: RuleId, alerts: AlertsDep) -> Ru
 
 @router.put("/{subject_id}/alerts/rules/{rule_id}", responses=_BAD_RULE)
 def replace_rule(
-    subject_id: KnownSubject, rule_id: RuleId, spec: RuleSpec, alerts: AlertsDep
+    subject_id: AlertableSubject, rule_id: RuleId, spec: RuleSpec, alerts: AlertsDep
 ) -> RuleOut:
     """Replace a rule's settings; its episode starts afresh. Omit ``secret`` to keep it."""
     _own_rule(alerts, subject_id, rule_id)
@@ -155,7 +155,7 @@ def replace_rule(
 
 
 @router.delete("/{subject_id}/alerts/rules/{rule_id}", status_code=204, responses=_NOT_FOUND)
-def delete_rule(subject_id: KnownSubject, rule_id: RuleId, alerts: AlertsDep) -> Response:
+def delete_rule(subject_id: AlertableSubject, rule_id: RuleId, alerts: AlertsDep) -> Response:
     """Delete a rule; its undelivered webhooks are dropped, its fired alerts kept."""
     _own_rule(alerts, subject_id, rule_id)
     alerts.delete_rule(rule_id)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
-from wearemo.api.deps import PipelineDep, SettingsDep
+from wearemo.api.deps import IngestPrincipal, PipelineDep, SettingsDep, audit_context
 from wearemo.api.schemas import (
+    AUTH_ERRORS,
     BatchOutcome,
     ConflictDetail,
     ConflictResponse,
@@ -18,7 +19,7 @@ from wearemo.api.schemas import (
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["ingest"])
+router = APIRouter(tags=["ingest"], responses=AUTH_ERRORS)
 
 
 @router.post(
@@ -33,9 +34,17 @@ router = APIRouter(tags=["ingest"])
         422: {"model": ValidationResponse, "description": "Invalid batch (the field is named)."},
     },
 )
-def ingest(body: IngestRequest, pipeline: PipelineDep, settings: SettingsDep) -> IngestResponse:
+def ingest(
+    body: IngestRequest,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    principal: IngestPrincipal,
+    request: Request,
+) -> IngestResponse:
     """Store sample batches and run them through the per-subject streaming pipeline.
 
+    Every batch's subject must be within the key's grant: a request with one foreign subject
+    is refused whole with HTTP 403 naming the first such batch, and nothing of it is stored.
     Batches are processed in order. A batch whose ``batch_id`` is already stored for its subject
     is reported as ``duplicate`` and not stored again, so retrying a whole request is safe. A
     batch that starts at or before the last stored sample of its channel stops the request with
@@ -54,6 +63,17 @@ def ingest(body: IngestRequest, pipeline: PipelineDep, settings: SettingsDep) ->
                 }
             ]
         )
+    ctx = audit_context(request)
+    for b in body.batches:
+        ctx.touch(b.subject_id)
+    ctx.detail = f"{n} batches"
+    for i, b in enumerate(body.batches):  # before anything is stored
+        if not principal.reaches(b.subject_id):
+            raise HTTPException(
+                status_code=403,
+                detail=f"batches.{i}.subject_id: key {principal.key_id} ({principal.role}) may "
+                f"not write subject {b.subject_id!r}; nothing of this request was stored",
+            )
     report = pipeline.ingest(body.batches)
     rejected, index = report.rejected, report.rejected_index
     if rejected is not None and index is not None:

@@ -22,12 +22,20 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Header, Query, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
-from wearemo.api.deps import KnownSubject, LiveDep, SettingsDep, StoreDep, known_subject
+from wearemo.api.deps import (
+    KnownSubject,
+    LiveDep,
+    ReadPrincipal,
+    SettingsDep,
+    StoreDep,
+    known_subject,
+)
 from wearemo.api.live import LiveHub, SlowClientError
 from wearemo.api.schemas import ErrorResponse, StateEstimate, ValidationResponse
 from wearemo.samples import ID_PATTERN
@@ -91,12 +99,15 @@ def parse_cursor(value: str | None, subject_ids: list[str]) -> dict[str, int]:
 
 def known_subjects(
     store: StoreDep,
+    conn: HTTPConnection,
+    principal: ReadPrincipal,
     subject: Annotated[
         list[str],
         Query(description="Subject ids to follow (repeat the parameter).", examples=[["s01"]]),
     ],
 ) -> list[str]:
-    """The ``subject`` query list: 1..100 valid ids the store knows (else 422 / 404)."""
+    """The ``subject`` query list: 1..100 valid ids the key reaches and the store knows (else
+    422 / 404, alike for unknown and not granted)."""
     if not subject or len(subject) > _MAX_SUBJECTS:
         raise _invalid(("query", "subject"), f"subject: give 1 to {_MAX_SUBJECTS} subject ids, "
                        f"got {len(subject)}")
@@ -104,7 +115,7 @@ def known_subjects(
         if not re.fullmatch(ID_PATTERN, sid):
             raise _invalid(("query", "subject", str(i)),
                            f"subject[{i}]: {sid[:200]!r} is not a subject id")
-        known_subject(sid, store)  # 404 naming the first unknown subject
+        known_subject(sid, store, conn, principal)  # 404 naming the first unreachable one
     return list(dict.fromkeys(subject))
 
 
@@ -188,11 +199,10 @@ async def cohort_events(
     hub: LiveDep,
     store: StoreDep,
     settings: SettingsDep,
-    subject: Annotated[list[str], Query(description="Subject ids to follow (repeat it).")],
+    subject_ids: Annotated[list[str], Depends(known_subjects)],
     last_event_id: LastEventId = None,
 ) -> EventSourceResponse:
     """Server-Sent Events: new states of several subjects (``?subject=a&subject=b``)."""
-    subject_ids = await run_in_threadpool(known_subjects, store, subject)
     return _sse_response(hub, store, subject_ids, last_event_id,
                          settings.live_send_timeout_s, single=False)
 
@@ -247,8 +257,7 @@ async def cohort_live(
     hub: LiveDep,
     store: StoreDep,
     settings: SettingsDep,
-    subject: Annotated[list[str], Query()],
+    subject_ids: Annotated[list[str], Depends(known_subjects)],
 ) -> None:
     """WebSocket: new states of several subjects (``?subject=a&subject=b``)."""
-    subject_ids = await run_in_threadpool(known_subjects, store, subject)
     await _ws_stream(websocket, hub, subject_ids, settings.live_send_timeout_s)

@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
 
-from wearemo.api.deps import KnownSubject, PipelineDep, StoreDep
+from wearemo.api.deps import CalibratableSubject, KnownSubject, PipelineDep, ReadPrincipal, StoreDep
 from wearemo.api.schemas import (
+    AUTH_ERRORS,
     BaselineRequest,
     BaselineResponse,
     ErrorResponse,
@@ -23,13 +24,14 @@ from wearemo.pipeline import BaselineStatus, CalibrationError, UnknownSubjectErr
 
 __all__ = ["parse_time_ns", "router"]
 
-router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
+router = APIRouter(prefix="/v1/subjects", tags=["subjects"], responses=AUTH_ERRORS)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_SECONDS = Decimal(2**63 - 1) / 1_000_000_000
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorResponse, "description": "Unknown subject."}
+    404: {"model": ErrorResponse,
+          "description": "Unknown subject, or one outside the key's grant (alike)."}
 }
 
 TimeParam = Annotated[
@@ -79,9 +81,9 @@ def _request_error(
 
 
 @router.get("")
-def list_subjects(store: StoreDep) -> list[str]:
-    """Ids of all subjects with stored data, sorted."""
-    return store.subject_ids()
+def list_subjects(store: StoreDep, principal: ReadPrincipal) -> list[str]:
+    """Ids of the subjects with stored data that the key reaches, sorted."""
+    return [s for s in store.subject_ids() if principal.reaches(s)]
 
 
 @router.get("/{subject_id}", responses=_NOT_FOUND)
@@ -182,7 +184,7 @@ def get_baseline(subject_id: KnownSubject, pipeline: PipelineDep) -> BaselineRes
 
 @router.put("/{subject_id}/baseline", responses=_BASELINE_ERRORS)
 def set_baseline(
-    subject_id: KnownSubject, body: BaselineRequest, pipeline: PipelineDep
+    subject_id: CalibratableSubject, body: BaselineRequest, pipeline: PipelineDep
 ) -> BaselineResponse:
     """Set the personal baseline from a labelled calibration period (e.g. an instructed rest).
 
