@@ -15,7 +15,11 @@ One :class:`BatchAssembler` per connected device (subject and device ids from co
   newest beat at the notification's time, older beats earlier by the later intervals. Beat times
   are kept strictly increasing: when a notification's beats would overlap beats already stamped
   (arrival jitter), the new beats are chained on from the last stamped beat instead, so nothing
-  is duplicated and no interval is lost.
+  is duplicated and no interval is lost. A notification later than ``hr_gap_s`` after the
+  previous one is a gap (the standard service cannot re-send): counted in ``gaps`` and
+  ``gap_s``, never filled in.
+* Explicitly timed samples from elsewhere (RR intervals from Polar PMD PPI records) go in with
+  :meth:`BatchAssembler.add_events`.
 
 Batch ids are deterministic: ``{device}:{channel}:{first seq}:{start_ns}`` for frames and
 ``{device}:{channel}:t{first_timestamp_ns}`` for ``hr``/``rr``, so a re-sent batch has the same
@@ -76,6 +80,8 @@ class ChannelStats:
         Runs restarted because device time jumped (device reboot or clock change).
     retimed
         ``hr``/``rr`` samples whose time was moved to keep timestamps strictly increasing.
+    gap_s
+        Seconds without data in the gaps of channels that cannot resume (``hr``, PMD).
     """
 
     frames: int = 0
@@ -86,6 +92,7 @@ class ChannelStats:
     duplicate_frames: int = 0
     restarts: int = 0
     retimed: int = 0
+    gap_s: float = 0.0
 
 
 @dataclass
@@ -141,6 +148,8 @@ class BatchAssembler:
     max_lead_s
         ``hr``/``rr`` only: chained beat times may run at most this far ahead of the
         notification time before the chain is re-anchored at the notification (>= 0).
+    hr_gap_s
+        Heart Rate Measurements further apart than this are a gap (counted, > 0).
 
     Example
     -------
@@ -160,6 +169,7 @@ class BatchAssembler:
         device_id: str,
         max_batch_s: float = 1.0,
         max_lead_s: float = 2.0,
+        hr_gap_s: float = 2.5,
     ) -> None:
         if not max_batch_s > 0:
             raise ValueError(f"max_batch_s must be > 0, got {max_batch_s}")
@@ -169,6 +179,9 @@ class BatchAssembler:
         self.device_id = device_id
         self.max_batch_s = float(max_batch_s)
         self.max_lead_ns = int(max_lead_s * 1e9)
+        if not hr_gap_s > 0:
+            raise ValueError(f"hr_gap_s must be > 0, got {hr_gap_s}")
+        self.hr_gap_ns = int(hr_gap_s * 1e9)
         self.stats = AssemblerStats()
         self._runs: dict[Channel, _Run] = {}
         self._last_seq: dict[Channel, int] = {}
@@ -350,6 +363,9 @@ class BatchAssembler:
         """
         out: list[SampleBatch] = []
         time_ns = int(time_ns)
+        previous = self._last_event_ns.get(Channel.HR)
+        if previous is not None and time_ns - previous > self.hr_gap_ns:
+            self.note_gap(Channel.HR, (time_ns - previous) / 1e9)
         self._append_event(Channel.HR, [time_ns], [float(measurement.hr_bpm)], host_time_ns)
         self.stats.of(Channel.HR).frames += 1
         rr_ms = [r for r in measurement.rr_ms if r > 0]  # a zero interval is no beat
@@ -361,6 +377,46 @@ class BatchAssembler:
             if ev.times_ns and ev.times_ns[-1] - ev.times_ns[0] >= self.max_batch_s * 1e9:
                 out.append(self._close_events(channel))
         return out
+
+    def add_events(
+        self, channel: Channel, times_ns: list[int], values: list[float], *,
+        host_time_ns: int = 0,
+    ) -> list[SampleBatch]:
+        """Add explicitly timed ``hr`` or ``rr`` samples (e.g. RR from Polar PPI records);
+        return the batches they complete. Times are kept strictly increasing as in
+        :meth:`add_heart_rate`.
+
+        Example
+        -------
+        >>> asm = BatchAssembler(subject_id="s", device_id="d", max_batch_s=1.0)
+        >>> [b.values for b in asm.add_events(Channel.RR, [0, 10**9], [990.0, 1000.0])]
+        [[990.0, 1000.0]]
+        """
+        channel = Channel(channel)
+        if channel not in self._events:
+            raise ValueError(f"channel must be one of {[c.value for c in self._events]}")
+        if not times_ns:
+            return []
+        self.stats.of(channel).frames += 1
+        self._append_event(channel, [int(t) for t in times_ns], [float(v) for v in values],
+                           host_time_ns)
+        ev = self._events[channel]
+        if ev.times_ns and ev.times_ns[-1] - ev.times_ns[0] >= self.max_batch_s * 1e9:
+            return [self._close_events(channel)]
+        return []
+
+    def note_gap(self, channel: Channel, seconds: float) -> None:
+        """Count a gap of ``seconds`` in a channel that cannot resume (HRS, Polar PMD).
+
+        Example
+        -------
+        >>> asm = BatchAssembler(subject_id="s", device_id="d")
+        >>> asm.note_gap(Channel.HR, 4.0); asm.stats.of(Channel.HR).gaps
+        1
+        """
+        stats = self.stats.of(channel)
+        stats.gaps += 1
+        stats.gap_s += float(seconds)
 
     def _beat_times(self, rr_ms: list[float], time_ns: int) -> list[int]:
         rr_ns = np.round(np.asarray(rr_ms) * 1e6).astype(np.int64)
