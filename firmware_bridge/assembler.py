@@ -243,6 +243,22 @@ class BatchAssembler:
 
     # -- regularly sampled channels ----------------------------------------------------------
 
+    def is_duplicate(self, frame: SensorFrame, *, start_ns: int) -> bool:
+        """Whether :meth:`add_frame` would drop ``frame`` as a re-sent copy of one it holds.
+
+        Example
+        -------
+        >>> import numpy as np
+        >>> asm = BatchAssembler(subject_id="s", device_id="d")
+        >>> f = SensorFrame(Channel.TEMP, 3, 0, False, 4.0, np.array([33.0]))
+        >>> _ = asm.add_frame(f, start_ns=0)
+        >>> asm.is_duplicate(f, start_ns=0)
+        True
+        """
+        previous = self._seen.get(frame.channel, {}).get(frame.seq)
+        return (previous is not None and previous[0] == frame.device_time_us
+                and abs(previous[1] - start_ns) <= _SAME_FRAME_NS)
+
     def add_frame(
         self, frame: SensorFrame, *, start_ns: int, host_time_ns: int = 0
     ) -> list[SampleBatch]:
@@ -276,12 +292,7 @@ class BatchAssembler:
         out: list[SampleBatch] = []
         last_seq = self._last_seq.get(channel)
         seen = self._seen.setdefault(channel, {})
-        previous = seen.get(frame.seq)
-        if (
-            previous is not None
-            and previous[0] == frame.device_time_us
-            and abs(previous[1] - start_ns) <= _SAME_FRAME_NS
-        ):
+        if self.is_duplicate(frame, start_ns=start_ns):
             stats.duplicate_frames += 1  # a re-sent frame already assembled
             return out
         run = self._runs.get(channel)

@@ -697,22 +697,31 @@ class DeviceLink:
         (spooled here; the batches are also returned)."""
         channel = frame.channel
         stats = self.assembler.stats.of(channel)
-        restarts, duplicates = stats.restarts, stats.duplicate_frames
+        restarts = stats.restarts
         end_us = self._frame_end_us.get(channel)
-        follows = self.assembler.last_seq(channel) == frame.seq - 1
-        out = self.assembler.add_frame(
-            frame, start_ns=self._frame_start_ns(frame, last_us, host_ns), host_time_ns=host_ns)
-        if stats.duplicate_frames != duplicates:
-            return out
+        last_seq = self.assembler.last_seq(channel)
+        start_ns = self._frame_start_ns(frame, last_us, host_ns)
+        if self.assembler.is_duplicate(frame, start_ns=start_ns):
+            return self.assembler.add_frame(frame, start_ns=start_ns, host_time_ns=host_ns)
+        if end_us is not None and frame.device_time_us < end_us - 0.5e6 / frame.rate_hz:
+            # Earlier than data already taken, with no clock reset seen: storing it would put
+            # a wrong (overlapping) time on it. A real reboot shows in READ_CLOCK first.
+            reason = "seq_backwards" if last_seq is not None and frame.seq <= last_seq \
+                else "clock_jump"
+            self._bad(reason, f"{channel.value} seq {frame.seq} (after {last_seq}) starts at "
+                      f"{frame.device_time_us} µs, before the previous frame's end "
+                      f"{end_us:.0f} µs: dropped")
+            return []
+        out = self.assembler.add_frame(frame, start_ns=start_ns, host_time_ns=host_ns)
         if stats.restarts != restarts:
-            self._bad("seq_backwards", f"{channel.value} seq {frame.seq} after "
-                      f"{self.assembler.last_seq(channel)}: a new run (device restarted?)")
-        elif follows and end_us is not None and (
-                frame.device_time_us < end_us - 0.5e6 / frame.rate_hz
-                or frame.device_time_us > end_us + _CLOCK_JUMP_US):
+            self._bad("seq_backwards", f"{channel.value} seq {frame.seq} after {last_seq}: a "
+                      "new run (device restarted)")
+        elif last_seq == frame.seq - 1 and end_us is not None and \
+                frame.device_time_us > end_us + _CLOCK_JUMP_US:
             self._bad("clock_jump", f"{channel.value} seq {frame.seq} starts at "
-                      f"{frame.device_time_us} µs, its previous frame ended at {end_us:.0f} µs")
-        self._frame_end_us[channel] = last_us + 1e6 / frame.rate_hz
+                      f"{frame.device_time_us} µs, {(frame.device_time_us - end_us) / 1e6:.1f}"
+                      " s after its previous frame ended")
+        self._frame_end_us[channel] = max(end_us or 0.0, last_us + 1e6 / frame.rate_hz)
         self._spool_put(out)
         return out
 
