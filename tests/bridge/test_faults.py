@@ -66,11 +66,13 @@ class Rig:
     tmp: Path
 
     def link(self, name: str, **kw: object) -> DeviceLink:
+        options: dict[str, object] = {"scan_timeout_s": 5, "connect_timeout_s": 5,
+                                      "reconnect_initial_s": 0.05, "clock_interval_s": 0.5,
+                                      **kw}
         config = DeviceLinkConfig(
             subject_id="fault-01", device_id="vw-fault", name=name, backend=BleakClientBumble,
             scanner_backend=BleakScannerBumble, backend_kwargs={"bumble": self.transport},
-            scan_timeout_s=5, connect_timeout_s=5, reconnect_initial_s=0.05,
-            clock_interval_s=0.5, **kw)  # type: ignore[arg-type]
+            **options)  # type: ignore[arg-type]
         return DeviceLink(config, self.spool)
 
     async def run(self, link: DeviceLink, wearable: VirtualWearable, during: object) -> None:
@@ -284,7 +286,7 @@ async def test_unknown_device_and_missing_characteristic_are_counted(rig: Rig) -
         Service(SERVICE_UUID, [Characteristic(DATA_CHAR_UUID, Characteristic.Properties.NOTIFY,
                                               Characteristic.READABLE, b"")])])
     for device, reason in ((stranger, "unknown_device"), (half, "missing_characteristic")):
-        link = rig.link(device.name, reconnect_initial_s=0.05, reconnect_max_s=0.1)
+        link = rig.link(device.name, reconnect_max_s=0.1)
         stop = asyncio.Event()
         task = asyncio.create_task(link.run(stop))
         for _ in range(200):
