@@ -316,7 +316,8 @@ class DeviceLink:
         self._pmd_last_ns: dict[MeasurementType, int] = {}  # sensor time of the last sample
         self._ppi_active = False
         self._frame_end_us: dict[Channel, float] = {}
-        self._repair = asyncio.Event()
+        self._repair = asyncio.Event()  # set by the consumer: hold, RESUME_FROM, release
+        self._repair_asks = 0
 
     # -- public --------------------------------------------------------------------------------
 
@@ -505,7 +506,6 @@ class DeviceLink:
                     next_clock = time.monotonic() + self.config.clock_interval_s
                     continue
                 if self._repair.is_set():
-                    self._repair.clear()
                     await self._resume_all(client, control)
                 if time.monotonic() >= next_clock:
                     next_clock = time.monotonic() + self.config.clock_interval_s
@@ -521,6 +521,7 @@ class DeviceLink:
         every channel to re-send from its first missing seq, then assemble in seq order."""
         self.stats.repairs += 1
         self._holding = True
+        asked = self._repair_asks
         for ch in sorted(self.config.channels):
             seq = self.assembler.last_seq(ch)
             if seq is None:
@@ -528,6 +529,10 @@ class DeviceLink:
             answer = await self._command(client, control, ResumeFromCommand(ch, seq + 1))
             if isinstance(answer, CommandResult) and answer.result is ResultCode.PARTIAL:
                 self.stats.resume_partial += 1
+        # Done only if nothing new went wrong meanwhile; else the frames stay held (a RELEASE
+        # is ignored while a repair is pending) and the next round asks again.
+        if self._repair_asks == asked:
+            self._repair.clear()
         self._holding = False
         self._queue.put_nowait((_RELEASE, b"", 0))
 
@@ -618,7 +623,8 @@ class DeviceLink:
                 self._held = []
             return
         if uuid == _RELEASE:
-            self._spool_put(self._release_held())
+            if not self._repair.is_set():  # a pending repair's own RELEASE comes later
+                self._spool_put(self._release_held())
             return
         kind = self._kinds.get(uuid, uuid)
         self.stats._add(self.stats.notifications, kind)
@@ -661,6 +667,7 @@ class DeviceLink:
             return
         if self._held is None:
             self._held = []
+        self._repair_asks += 1
         self._repair.set()
 
     def _on_response(self, response: Response, host_ns: int) -> None:

@@ -255,8 +255,10 @@ async def _chaos(wearables: Sequence[VirtualWearable], drops: int, *, seed: int,
                  faults: Sequence[str] = ("drop",)) -> None:
     """Inject each fault kind ``drops`` times per wearable at random moments of its replay."""
     rng = random.Random(seed)
+    # Drops drawn first: a seed gives the same drop moments whatever other kinds are added.
+    kinds = sorted(set(faults), key=lambda kind: kind != "drop")
     plan = sorted((rng.uniform(0.05, 0.95) * vw.source.duration_s / vw.speed, k, kind)
-                  for k, vw in enumerate(wearables) for kind in faults for _ in range(drops))
+                  for kind in kinds for k, vw in enumerate(wearables) for _ in range(drops))
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     for at, k, kind in plan:

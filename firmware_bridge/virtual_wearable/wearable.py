@@ -177,7 +177,10 @@ class VirtualWearable:
     ----------
     sent_counts
         Samples notified per channel value: ``ppg, eda, temp, acc`` (acc triples count once),
-        ``hr`` (0x2A37 notifications), ``rr`` (RR intervals), re-sent frames included.
+        ``hr`` (0x2A37 notifications), ``rr`` (RR intervals); each sample once (a frame damaged
+        on the air by :meth:`corrupt_next` counts, its re-send does not).
+    resent_counts
+        Samples notified again for RESUME_FROM, per channel.
     dropped_counts
         Samples dropped from the device buffer (central too slow or absent) or lost in a
         reboot (what was sampled but not yet sent), per channel.
@@ -212,6 +215,7 @@ class VirtualWearable:
         self.battery_percent = 100
         self.sent_counts: dict[str, int] = {k: 0 for k in ("ppg", "eda", "temp", "acc", "hr", "rr")}
         self.dropped_counts: dict[str, int] = {c.value: 0 for c in source.signals}
+        self.resent_counts: dict[str, int] = {c.value: 0 for c in source.signals}
         self.sensor_service = sensor_service
         self.pmd = pmd
         if pmd and not (set(_PMD_CHANNEL.values()) & set(source.signals) or source.beats):
@@ -754,7 +758,7 @@ class VirtualWearable:
                 if frame_seq >= seq and self._can_notify(self._data_char) and \
                         len(payload) <= self._mtu() - 3:
                     await self._notify(self._data_char, payload)
-                    self.sent_counts[channel.value] += n
+                    self.resent_counts[channel.value] += n
         return ResultCode.PARTIAL if partial else ResultCode.SUCCESS
 
     # ------------------------------------------------------------------ streaming
