@@ -15,9 +15,8 @@ One :class:`BatchAssembler` per connected device (subject and device ids from co
   newest beat at the notification's time, older beats earlier by the later intervals. Beat times
   are kept strictly increasing: when a notification's beats would overlap beats already stamped
   (arrival jitter), the new beats are chained on from the last stamped beat instead, so nothing
-  is duplicated and no interval is lost. A notification later than ``hr_gap_s`` after the
-  previous one is a gap (the standard service cannot re-send): counted in ``gaps`` and
-  ``gap_s``, never filled in.
+  is duplicated and no interval is lost. Gaps of the services that cannot re-send (HRS, PMD)
+  are noted by the caller (:meth:`BatchAssembler.note_gap`), never filled in.
 * Explicitly timed samples from elsewhere (RR intervals from Polar PMD PPI records) go in with
   :meth:`BatchAssembler.add_events`.
 
@@ -148,8 +147,6 @@ class BatchAssembler:
     max_lead_s
         ``hr``/``rr`` only: chained beat times may run at most this far ahead of the
         notification time before the chain is re-anchored at the notification (>= 0).
-    hr_gap_s
-        Heart Rate Measurements further apart than this are a gap (counted, > 0).
 
     Example
     -------
@@ -169,7 +166,6 @@ class BatchAssembler:
         device_id: str,
         max_batch_s: float = 1.0,
         max_lead_s: float = 2.0,
-        hr_gap_s: float = 2.5,
     ) -> None:
         if not max_batch_s > 0:
             raise ValueError(f"max_batch_s must be > 0, got {max_batch_s}")
@@ -179,9 +175,6 @@ class BatchAssembler:
         self.device_id = device_id
         self.max_batch_s = float(max_batch_s)
         self.max_lead_ns = int(max_lead_s * 1e9)
-        if not hr_gap_s > 0:
-            raise ValueError(f"hr_gap_s must be > 0, got {hr_gap_s}")
-        self.hr_gap_ns = int(hr_gap_s * 1e9)
         self.stats = AssemblerStats()
         self._runs: dict[Channel, _Run] = {}
         self._last_seq: dict[Channel, int] = {}
@@ -374,9 +367,6 @@ class BatchAssembler:
         """
         out: list[SampleBatch] = []
         time_ns = int(time_ns)
-        previous = self._last_event_ns.get(Channel.HR)
-        if previous is not None and time_ns - previous > self.hr_gap_ns:
-            self.note_gap(Channel.HR, (time_ns - previous) / 1e9)
         self._append_event(Channel.HR, [time_ns], [float(measurement.hr_bpm)], host_time_ns)
         self.stats.of(Channel.HR).frames += 1
         rr_ms = [r for r in measurement.rr_ms if r > 0]  # a zero interval is no beat

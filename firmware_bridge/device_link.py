@@ -164,7 +164,7 @@ class DeviceLinkConfig:
         it to UTC (True). False for a sensor whose clock was never set: its times are then
         mapped to UTC through a clock fit on frame arrivals (offset and drift).
     hr_gap_s
-        Heart Rate Measurements further apart than this are reported as a gap.
+        Heart Rate Measurements further apart than this (in device time) are a reported gap.
     """
 
     subject_id: str
@@ -290,7 +290,7 @@ class DeviceLink:
         self.pmd_clock = DeviceClock(backwards_tolerance_us=10_000_000)
         self.assembler = BatchAssembler(
             subject_id=config.subject_id, device_id=config.device_id,
-            max_batch_s=config.max_batch_s, hr_gap_s=config.hr_gap_s,
+            max_batch_s=config.max_batch_s,
         )
         if config.resume:
             # A restarted bridge (after a crash or kill) continues where its spool ends: the
@@ -318,6 +318,8 @@ class DeviceLink:
         self._frame_end_us: dict[Channel, float] = {}
         self._repair = asyncio.Event()  # set by the consumer: hold, RESUME_FROM, release
         self._repair_asks = 0
+        self._session = 0
+        self._hr_last: tuple[int, int, int] | None = None  # host ns, UTC ns, session
 
     # -- public --------------------------------------------------------------------------------
 
@@ -396,6 +398,7 @@ class DeviceLink:
                 return False
             client = connecting.result()
             self.stats.connects += 1
+            self._session += 1
             await self._start_streaming(client)
             self.connected.set()
             logger.info("%s: streaming (MTU %d)", cfg.device_id, client.mtu_size)
@@ -756,8 +759,30 @@ class DeviceLink:
         self.stats._add(self.stats.decoded_samples, Channel.HR.value)
         if m.rr_1024:
             self.stats._add(self.stats.decoded_samples, Channel.RR.value, len(m.rr_1024))
-        self._spool_put(self.assembler.add_heart_rate(
-            m, time_ns=self._host_to_utc_ns(host_ns), host_time_ns=host_ns))
+        time_ns = self._host_to_utc_ns(host_ns)
+        self._note_hr_gap(host_ns, time_ns)
+        self._spool_put(self.assembler.add_heart_rate(m, time_ns=time_ns, host_time_ns=host_ns))
+
+    def _note_hr_gap(self, host_ns: int, time_ns: int) -> None:
+        """HRS cannot re-send: report a stretch without notifications as a gap.
+
+        Across a reconnect the device-time distance counts; within a session the arrival gap,
+        in device time (a replay faster than real time runs the device clock faster), because
+        mapped HRS times may jump while the clock reference catches up with a frame backlog.
+        """
+        last, self._hr_last = self._hr_last, (host_ns, time_ns, self._session)
+        if last is None:
+            return
+        last_host, last_time, session = last
+        gap_ns = self.config.hr_gap_s * 1e9
+        fit = self.clock.fit
+        device_per_host = 1.0 / fit.slope if fit is not None and fit.drift_estimated else 1.0
+        if session != self._session and time_ns - last_time > gap_ns:
+            self.assembler.note_gap(Channel.HR, (time_ns - last_time) / 1e9)
+        elif session == self._session and (host_ns - last_host) * device_per_host > gap_ns:
+            # its length: the device-time distance, unless the arrival gap says more
+            seconds = max(time_ns - last_time, (host_ns - last_host) * device_per_host) / 1e9
+            self.assembler.note_gap(Channel.HR, seconds)
 
     def _on_pmd_response(self, answer: PmdControlResponse) -> None:
         if answer.opcode == PmdOpcode.REQUEST_MEASUREMENT_START and answer.ok:

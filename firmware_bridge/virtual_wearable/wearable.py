@@ -18,6 +18,11 @@ Behaviour (as a firmware would):
   ended since the previous one (split over several notifications if the MTU is too small).
   Standard HRS semantics: nothing is buffered while the central is not subscribed.
 * A disconnect clears the START state (the central starts channels again after reconnecting).
+* Optionally (``pmd=True``) Polar's PMD service: PPG, ACC and PPI measured only between START
+  and STOP (and stopped by a disconnect), delta-compressed frames, settings and features on the
+  control point; ``sensor_service=False`` leaves out the wearemo service (a Polar-like device).
+* Fault injection (:meth:`VirtualWearable.inject`, used by ``--chaos``): drop the link, go
+  silent, reboot with a clock reset, corrupt a frame on the air (``docs/bridge.md``).
 
 Example
 -------
@@ -220,6 +225,9 @@ class VirtualWearable:
         self.pmd = pmd
         if pmd and not (set(_PMD_CHANNEL.values()) & set(source.signals) or source.beats):
             raise ValueError("pmd=True needs a source with ppg, acc or beats")
+        if pmd and any(source.signals[c].rate_hz != round(source.signals[c].rate_hz)
+                       for c in _PMD_CHANNEL.values() if c in source.signals):
+            raise ValueError("pmd=True needs whole-hertz ppg/acc rates (PMD settings are uint16)")
         self.pmd_sent_counts: dict[str, int] = {"ppg": 0, "acc": 0, "ppi": 0,
                                                 "ppi_no_contact": 0}
         self.faults: dict[str, int] = {k: 0 for k in FAULT_KINDS}

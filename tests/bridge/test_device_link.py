@@ -153,7 +153,7 @@ async def test_reconnects_after_link_loss_and_resumes_without_loss(rig) -> None:
     stats = dl.assembler.stats
     assert all(stats.of(c).gaps == 0 for c in SOURCE.signals)  # resumed: no gap
     # HRS cannot resume: what it notified while the link was down is a reported gap
-    assert stats.of(Channel.HR).gaps >= 1 and stats.of(Channel.HR).gap_s > 2.5
+    assert stats.of(Channel.HR).gaps >= 1 and stats.of(Channel.HR).gap_s > 0
 
 
 async def test_ticks_clock_maps_to_host_time(rig) -> None:

@@ -72,6 +72,9 @@ def test_cli_writes_report(server: IngestServer, tmp_path: Path) -> None:
     assert sub["device_id"] == "vw-01" and sub["gaps"] == 0 and sub["decode_errors"] == 0
     assert sub["sent"]["ppg"] == 640 and sub["uploaded"] == sub["sent"]
     assert server.samples()[("demo-01", "ppg")] == 640
+    # the bad-input accounting is in the report, and a clean run has none
+    assert sub["bad_input"] == {} and sub["repairs"] == 0 and sub["clock_resets"] == 0
+    assert sub["faults"] == {"drop": 0, "silent": 0, "reboot": 0, "corrupt": 0}
 
 
 def test_cli_rejects_address_without_subject() -> None:
