@@ -462,7 +462,11 @@ class DeviceLink:
         self.stats.pmd_started.clear()
         self._ppi_active = False
         if pmd_control is not None and pmd_data is not None and cfg.pmd_measurements:
-            await self._start_pmd(client, pmd_control, pmd_data)
+            # Both services on one device: the wearemo service (which can re-send) carries the
+            # channels it has; PMD adds the rest (PPI), so nothing is stored twice.
+            sensor = data is not None and control is not None
+            skip = {m for m, ch in _PMD_CHANNEL.items() if sensor and ch in cfg.channels}
+            await self._start_pmd(client, pmd_control, pmd_data, skip=skip)
         if data is not None and control is not None:
             await client.start_notify(control, self._callback)
             await self._command(client, control, ReadClockCommand())
@@ -540,10 +544,11 @@ class DeviceLink:
         self._queue.put_nowait((_RELEASE, b"", 0))
 
     async def _start_pmd(self, client: BleakClient, control: BleakGATTCharacteristic,
-                         data: BleakGATTCharacteristic) -> None:
+                         data: BleakGATTCharacteristic, *,
+                         skip: set[MeasurementType]) -> None:
         """Subscribe to PMD and start the configured measurements the sensor offers."""
         cfg = self.config
-        offered = set(cfg.pmd_measurements)
+        offered = set(cfg.pmd_measurements) - skip
         feature = bytes(await client.read_gatt_char(control))
         if len(feature) >= 2 and feature[0] == 0x0F:  # feature read: a bit per measurement
             bits = int.from_bytes(feature[1:], "little")

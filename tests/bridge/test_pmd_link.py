@@ -117,3 +117,41 @@ async def test_polar_like_wearable_to_the_api(tmp_path: Path) -> None:
     hr_times, _ = _times_values(stored, Channel.HR)
     assert 0 < len(hr_times) <= wearable.sent_counts["hr"]
     assert link.stats.bad_input == {}
+
+
+async def test_sensor_service_and_pmd_on_one_device_store_nothing_twice(tmp_path: Path) -> None:
+    """PPG and ACC come from the wearemo service (it can re-send); PMD adds PPI only."""
+    radio = LocalLink()
+    transport = BumbleTransport(link=radio)
+    wearable = VirtualWearable(SOURCE, name="vw-both", speed=12, rtc_start_unix=START_UNIX,
+                               pmd=True)
+    await wearable.attach(radio)
+    server = IngestServer()
+    server.start()
+    with Spool(tmp_path / "spool.db") as spool:
+        uplink = Uplink(spool, api_url=server.url)
+        link = DeviceLink(DeviceLinkConfig(
+            subject_id=SUBJECT, device_id="vw-both", name=wearable.name,
+            backend=BleakClientBumble, scanner_backend=BleakScannerBumble,
+            backend_kwargs={"bumble": transport}, scan_timeout_s=5, connect_timeout_s=5),
+            spool, on_spooled=uplink.notify)
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(link.run(stop)), asyncio.create_task(uplink.run(stop))]
+        try:
+            await wearable.start()
+            await asyncio.wait_for(wearable.wait_finished(), 60)
+            assert await link.wait_quiet(quiet_s=0.3, timeout_s=10)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await wearable.stop()
+            await bumble_central_close(transport)
+        assert await uplink.drain(timeout_s=30)
+    server.stop()
+    assert link.stats.pmd_started == {"ppi"}
+    assert wearable.pmd_sent_counts["ppg"] == wearable.pmd_sent_counts["acc"] == 0
+    assert all(n == 1 for n in server.sample_multiplicity().values())
+    stored = server.samples()
+    for channel in (Channel.PPG, Channel.ACC):
+        assert stored[(SUBJECT, channel.value)] == SOURCE.signals[channel].n_samples
+    assert stored[(SUBJECT, "rr")] == wearable.pmd_sent_counts["ppi"]  # HRS RR not stored
