@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chaos", type=int, nargs="?", const=3, default=0, metavar="DROPS",
                      help="virtual: drop each wearable's link DROPS times (default 3) at random "
                      "moments")
+    run.add_argument("--pmd", action="store_true",
+                     help="virtual: Polar-like wearables (Heart Rate + Polar PMD: PPG, ACC, PPI; "
+                     "no wearemo sensor service)")
     run.add_argument("--chaos-faults", default="drop,silent,corrupt", metavar="KINDS",
                      help="fault kinds of --chaos, comma-separated, each DROPS times: drop, "
                      "silent, corrupt, reboot (default drop,silent,corrupt)")
@@ -124,6 +127,7 @@ async def _run(args: argparse.Namespace) -> RunReport:
             speed=args.speed, duration_s=args.duration, offset_s=args.offset, seed=args.seed,
             drain_timeout_s=args.drain_timeout, chaos_drops=args.chaos, live=args.live,
             chaos_faults=tuple(k.strip() for k in args.chaos_faults.split(",") if k.strip()),
+            pmd=args.pmd,
         ))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -847,7 +847,7 @@ class DeviceLink:
         first_ns = frame.timestamp_ns - round((n - 1) * period_ns)
         last_seq = self.assembler.last_seq(channel)
         sensor = SensorFrame(channel, 0 if last_seq is None else last_seq + 1,
-                             round((POLAR_EPOCH_UNIX_NS if utc else 0) / 1000 + first_ns / 1000),
+                             ((POLAR_EPOCH_UNIX_NS if utc else 0) + first_ns) // 1000,
                              utc, rate, values)
         self._spool_put(self.assembler.add_frame(
             sensor, start_ns=self._pmd_utc_ns(first_ns, host_ns), host_time_ns=host_ns))

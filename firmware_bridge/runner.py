@@ -188,6 +188,9 @@ class VirtualRunConfig:
         restart; unsent samples are lost by the device).
     live
         Show the live status table (devices, rates, gaps, spool, uplink) on stderr.
+    pmd
+        Polar-like wearables: Heart Rate and Polar PMD services (PPG, ACC, PPI), no wearemo
+        sensor service; ``sent`` then counts PMD samples (``rr``: PPI records).
     """
 
     api_url: str
@@ -203,6 +206,7 @@ class VirtualRunConfig:
     chaos_drops: int = 0
     chaos_faults: tuple[str, ...] = ("drop", "silent", "corrupt")
     live: bool = False
+    pmd: bool = False
 
     def __post_init__(self) -> None:
         if bad := [k for k in self.chaos_faults if k not in FAULT_KINDS]:
@@ -294,7 +298,8 @@ async def run_virtual(config: VirtualRunConfig) -> RunReport:
                 start = (source.start_unix if source.start_unix is not None else None)
                 rtc_start = None if start is None else start + k * config.offset_s
                 vw = VirtualWearable(source, name=f"wearemo-{device_id(k)}", speed=config.speed,
-                                     rtc_start_unix=rtc_start)
+                                     rtc_start_unix=rtc_start, pmd=config.pmd,
+                                     sensor_service=not config.pmd)
                 await vw.attach(link)
                 wearables.append(vw)
                 dl = DeviceLink(
@@ -338,8 +343,12 @@ async def run_virtual(config: VirtualRunConfig) -> RunReport:
         report = RunReport(spool_depth=spool.depth, dead_letters=spool.dead_depth,
                            drained=drained)
         for k, (vw, dl) in enumerate(zip(wearables, links, strict=True)):
-            report.subjects[subject_id(k)] = _report_for(dl, vw.sent_counts, uplink,
-                                                         subject_id(k), vw.faults)
+            sent = vw.sent_counts
+            if config.pmd:
+                pmd = vw.pmd_sent_counts
+                sent = {**sent, "ppg": pmd["ppg"], "acc": pmd["acc"], "rr": pmd["ppi"]}
+            report.subjects[subject_id(k)] = _report_for(dl, sent, uplink, subject_id(k),
+                                                         vw.faults)
     return report
 
 

@@ -82,3 +82,16 @@ def test_cli_rejects_address_without_subject() -> None:
 
     with pytest.raises(SystemExit):
         main(["run", "--api", "http://127.0.0.1:9", "--address", "AA:BB:CC:DD:EE:FF"])
+
+
+async def test_virtual_polar_like_run(server: IngestServer, tmp_path: Path) -> None:
+    """``--pmd``: Polar-like wearables (HRS + PMD) through the whole bridge, nothing twice."""
+    report = await run_virtual(VirtualRunConfig(
+        api_url=server.url, spool_path=tmp_path / "spool.db", source="sim", speed=20,
+        duration_s=10, pmd=True, drain_timeout_s=30))
+    sub = report.subjects["demo-01"]
+    assert report.drained and sub.sent["ppg"] > 0 and sub.sent["acc"] > 0
+    assert sub.uploaded["ppg"] == sub.sent["ppg"] and sub.uploaded["acc"] == sub.sent["acc"]
+    assert sub.uploaded["rr"] == sub.sent["rr"] > 0  # PPI records; HRS RR not stored again
+    assert sub.bad_input == {}
+    assert all(n == 1 for n in server.sample_multiplicity().values())
