@@ -319,6 +319,7 @@ class DeviceLink:
         self._repair = asyncio.Event()  # set by the consumer: hold, RESUME_FROM, release
         self._repair_asks = 0
         self._session = 0
+        self._sensor = False  # the device has the wearemo sensor service
         self._hr_last: tuple[int, int, int] | None = None  # host ns, UTC ns, session
 
     # -- public --------------------------------------------------------------------------------
@@ -461,11 +462,11 @@ class DeviceLink:
                              "PMD service")
         self.stats.pmd_started.clear()
         self._ppi_active = False
+        self._sensor = data is not None and control is not None
         if pmd_control is not None and pmd_data is not None and cfg.pmd_measurements:
             # Both services on one device: the wearemo service (which can re-send) carries the
             # channels it has; PMD adds the rest (PPI), so nothing is stored twice.
-            sensor = data is not None and control is not None
-            skip = {m for m, ch in _PMD_CHANNEL.items() if sensor and ch in cfg.channels}
+            skip = {m for m, ch in _PMD_CHANNEL.items() if self._sensor and ch in cfg.channels}
             await self._start_pmd(client, pmd_control, pmd_data, skip=skip)
         if data is not None and control is not None:
             await client.start_notify(control, self._callback)
@@ -840,6 +841,9 @@ class DeviceLink:
             # PMD cannot re-send: a gap is reported, never filled in.
             self.assembler.note_gap(channel, (frame.timestamp_ns - n * period_ns - previous) / 1e9)
         self._pmd_last_ns[m] = frame.timestamp_ns
+        if utc and not self._sensor:
+            # The sensor's clock is the device time HRS notifications are mapped onto.
+            self._update_anchor((POLAR_EPOCH_UNIX_NS + frame.timestamp_ns) / 1000, host_ns, True)
         factor = self._pmd_factor.get(m, 1.0)
         raw = frame.samples.astype(np.float64)
         values = raw[:, 0] * factor if channel is Channel.PPG else raw[:, :3] * factor / 1000

@@ -75,6 +75,7 @@ async def _drop_links(vw: VirtualWearable, moments_s: list[float]) -> list[float
         else:
             continue
         done.append((loop.time() - t0) * vw.speed)
+        vw.faults["drop"] += 1
         logging.info("chaos: dropped the link at %.1f s of source time", done[-1])
     return done
 

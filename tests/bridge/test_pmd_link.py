@@ -115,7 +115,12 @@ async def test_polar_like_wearable_to_the_api(tmp_path: Path) -> None:
     assert np.max(np.abs(rr_times - (t0_ns + beats.end_s[beat] * 1e9))) <= 5e6  # 5 ms
     np.testing.assert_allclose(rr_values, np.rint(beats.ibi_ms[beat]))
     hr_times, _ = _times_values(stored, Channel.HR)
-    assert 0 < len(hr_times) <= wearable.sent_counts["hr"]
+    assert 0 < len(hr_times) <= wearable.sent_counts["hr"] and np.all(np.diff(hr_times) > 0)
+    # HRS has no device time: mapped onto the sensor clock through the PMD frames' times
+    hr = SOURCE.hr
+    assert hr is not None
+    truth = START_UNIX + hr.start_offset_s + np.arange(hr.n_samples) / hr.rate_hz
+    assert np.max(np.abs(hr_times[:, None] / 1e9 - truth[None, :]).min(axis=1)) < 1.0
     assert link.stats.bad_input == {}
 
 
