@@ -192,6 +192,11 @@ class DeviceLinkConfig:
     def __post_init__(self) -> None:
         if self.address is None and self.name is None:
             raise ValueError("DeviceLinkConfig: give address= or name=")
+        if not self.hr_gap_s > 0:
+            raise ValueError(f"hr_gap_s must be > 0, got {self.hr_gap_s}")
+        if unknown := [m for m in self.pmd_measurements if not isinstance(m, MeasurementType)]:
+            raise ValueError(f"pmd_measurements: {unknown} are not PMD measurement types; "
+                             f"options: {[m.name for m in PMD_MEASUREMENTS]}")
         bad = [c for c in self.channels if c not in SENSOR_CHANNELS]
         if bad:
             raise ValueError(

@@ -160,3 +160,36 @@ async def test_sensor_service_and_pmd_on_one_device_store_nothing_twice(tmp_path
     for channel in (Channel.PPG, Channel.ACC):
         assert stored[(SUBJECT, channel.value)] == SOURCE.signals[channel].n_samples
     assert stored[(SUBJECT, "rr")] == wearable.pmd_sent_counts["ppi"]  # HRS RR not stored
+
+
+def test_pmd_bad_input_is_counted(tmp_path: Path) -> None:
+    """The link's consumer on crafted PMD notifications (no radio needed for this part)."""
+    from firmware_bridge.gatt.polar_pmd import PMD_DATA_UUID, MeasurementType, encode_pmd_frame
+
+    with Spool(tmp_path / "spool.db") as spool:
+        link = DeviceLink(DeviceLinkConfig(subject_id="s", device_id="d", name="x"), spool)
+        link._pmd_rate[MeasurementType.ACC] = 50.0  # as chosen at START
+        t = 700_000_000 * 10**9  # sensor time, ns since 2000
+        acc = np.zeros((5, 3), dtype=np.int64)
+
+        def notify(ts: int, payload: bytes | None = None) -> None:
+            raw = encode_pmd_frame(MeasurementType.ACC, ts, acc) if payload is None else payload
+            link._handle(PMD_DATA_UUID, raw, 0)
+
+        notify(t)
+        notify(t + 100_000_000)
+        notify(t + 100_000_000)  # not after the previous frame: dropped
+        notify(t + 400_000_000)  # 0.2 s missing: a gap, reported
+        notify(t - 3_600 * 10**9)  # an hour back: the sensor clock restarted
+        notify(0, b"\x02\x00\x00")  # truncated header
+        notify(0, b"\x09" + bytes(12))  # unknown measurement type
+        assert link.stats.bad_input == {"clock_jump": 1, "clock_backwards": 1,
+                                        "truncated_frame": 1, "corrupt_frame": 1}
+        assert link.stats.clock_resets == 1 and link.stats.decode_errors == 2
+        gaps = link.assembler.stats.of(Channel.ACC)
+        assert gaps.gaps == 1 and gaps.gap_s == pytest.approx(0.2)
+        batches = spool.peek(100) + link.assembler.flush()
+        times = np.sort(np.concatenate([b.times_ns() for b in batches]))
+        # kept: the 3 good frames and the restarted sensor's one (logged and counted, at the
+        # sensor's own time); the repeated frame and the broken ones are not
+        assert len(times) == 20 and len(np.unique(times)) == 20
