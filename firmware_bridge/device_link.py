@@ -325,6 +325,10 @@ class DeviceLink:
         self._repair_asks = 0
         self._session = 0
         self._sensor = False  # the device has the wearemo sensor service
+        # HRS notifications that came before the first device-time reference (a PMD device's
+        # first frame): mapped once it arrives, not stamped with the host's clock
+        self._expect_anchor = False
+        self._hr_pending: list[tuple[bytes, int]] = []
         self._hr_last: tuple[int, int, int] | None = None  # host ns, UTC ns, session
 
     # -- public --------------------------------------------------------------------------------
@@ -353,6 +357,8 @@ class DeviceLink:
             consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer
+            self._expect_anchor = False  # no reference came: the host's clock is all there is
+            self._flush_hr_pending()
             self._spool_put(self._release_held() + self.assembler.flush())
 
     async def wait_quiet(self, *, quiet_s: float, timeout_s: float) -> bool:
@@ -468,6 +474,8 @@ class DeviceLink:
         self.stats.pmd_started.clear()
         self._ppi_active = False
         self._sensor = data is not None and control is not None
+        self._expect_anchor = self._sensor or (
+            pmd_control is not None and pmd_data is not None and cfg.pmd_time_utc)
         if pmd_control is not None and pmd_data is not None and cfg.pmd_measurements:
             # Both services on one device: the wearemo service (which can re-send) carries the
             # channels it has; PMD adds the rest (PPI), so nothing is stored twice.
@@ -765,6 +773,9 @@ class DeviceLink:
 
     def _on_heart_rate(self, data: bytes, host_ns: int) -> None:
         m = decode_heart_rate_measurement(data)
+        if self._expect_anchor and self._anchor is None and len(self._hr_pending) < 256:
+            self._hr_pending.append((data, host_ns))
+            return
         if self._ppi_active and m.rr_1024:
             m = replace(m, rr_1024=())  # PMD PPI carries the beats, timed by the sensor
         self.stats._add(self.stats.decoded_samples, Channel.HR.value)
@@ -895,6 +906,11 @@ class DeviceLink:
         per_host = 1.0 / fit.slope if fit is not None and fit.drift_estimated else 1.0
         return anchor_us + (host_ns - anchor_host_ns) / 1000 * per_host
 
+    def _flush_hr_pending(self) -> None:
+        pending, self._hr_pending = self._hr_pending, []
+        for data, host_ns in pending:
+            self._on_heart_rate(data, host_ns)
+
     def _update_anchor(self, device_us: float, host_ns: int, rtc: bool) -> None:
         """Keep the tightest recent reference for mapping host time onto device time.
 
@@ -908,6 +924,8 @@ class DeviceLink:
             if projected is not None and fresh and device_us < projected:
                 return
         self._anchor = (device_us, host_ns, rtc)
+        if self._hr_pending:
+            self._flush_hr_pending()
 
     def _host_to_utc_ns(self, host_ns: int) -> int:
         """Device-clock time of a host instant (HRS notifications carry no device time)."""
