@@ -12,7 +12,8 @@ advertised name, each optionally ``=SUBJECT`` (default: the device id)::
         --device AA:BB:CC:DD:EE:FF=s01 --device "Polar H10 1234ABCD"=s02 --spool spool.db
 
 ``--live`` shows devices, rates, gaps, spool depth and uplink state in a table on stderr;
-``--chaos`` (virtual) drops each wearable's link at random moments.
+``--chaos`` (virtual) injects faults into each wearable at random moments (``--chaos-faults``:
+link drops, silences, corrupted frames, reboots).
 
 Example
 -------
@@ -43,6 +44,7 @@ from firmware_bridge.runner import (
     run_devices,
     run_virtual,
 )
+from firmware_bridge.virtual_wearable import FAULT_KINDS
 
 __all__ = ["build_parser", "main", "parse_device"]
 
@@ -98,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chaos", type=int, nargs="?", const=3, default=0, metavar="DROPS",
                      help="virtual: drop each wearable's link DROPS times (default 3) at random "
                      "moments")
+    run.add_argument("--pmd", action="store_true",
+                     help="virtual: Polar-like wearables (Heart Rate + Polar PMD: PPG, ACC, PPI; "
+                     "no wearemo sensor service)")
+    run.add_argument("--chaos-faults", default="drop,silent,corrupt", metavar="KINDS",
+                     help="fault kinds of --chaos, comma-separated, each DROPS times: drop, "
+                     "silent, corrupt, reboot (default drop,silent,corrupt)")
     run.add_argument("--bumble-transport", metavar="SPEC",
                      help="use the bumble backend on this HCI transport instead of the "
                      "platform's (e.g. tcp-client:127.0.0.1:9002)")
@@ -124,6 +132,8 @@ async def _run(args: argparse.Namespace) -> RunReport:
             speed=args.speed, duration_s=args.duration, offset_s=args.offset, seed=args.seed,
             drain_timeout_s=args.drain_timeout, chaos_drops=args.chaos, live=args.live,
             api_key=args.api_key,
+            chaos_faults=tuple(k.strip() for k in args.chaos_faults.split(",") if k.strip()),
+            pmd=args.pmd,
         ))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -153,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--address/--name needs --subject")
     if args.chaos and args.virtual is None:
         parser.error("--chaos needs --virtual (fault injection happens in the virtual wearables)")
+    kinds = [k.strip() for k in args.chaos_faults.split(",") if k.strip()]
+    if bad := sorted(set(kinds) - set(FAULT_KINDS)):
+        parser.error(f"--chaos-faults: unknown {bad}; options: {', '.join(FAULT_KINDS)}")
     if args.device:
         try:
             targets = [parse_device(spec) for spec in args.device]

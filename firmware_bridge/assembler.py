@@ -15,7 +15,10 @@ One :class:`BatchAssembler` per connected device (subject and device ids from co
   newest beat at the notification's time, older beats earlier by the later intervals. Beat times
   are kept strictly increasing: when a notification's beats would overlap beats already stamped
   (arrival jitter), the new beats are chained on from the last stamped beat instead, so nothing
-  is duplicated and no interval is lost.
+  is duplicated and no interval is lost. Gaps of the services that cannot re-send (HRS, PMD)
+  are noted by the caller (:meth:`BatchAssembler.note_gap`), never filled in.
+* Explicitly timed samples from elsewhere (RR intervals from Polar PMD PPI records) go in with
+  :meth:`BatchAssembler.add_events`.
 
 Batch ids are deterministic: ``{device}:{channel}:{first seq}:{start_ns}`` for frames and
 ``{device}:{channel}:t{first_timestamp_ns}`` for ``hr``/``rr``, so a re-sent batch has the same
@@ -76,6 +79,8 @@ class ChannelStats:
         Runs restarted because device time jumped (device reboot or clock change).
     retimed
         ``hr``/``rr`` samples whose time was moved to keep timestamps strictly increasing.
+    gap_s
+        Seconds without data in the gaps of channels that cannot resume (``hr``, PMD).
     """
 
     frames: int = 0
@@ -86,6 +91,7 @@ class ChannelStats:
     duplicate_frames: int = 0
     restarts: int = 0
     retimed: int = 0
+    gap_s: float = 0.0
 
 
 @dataclass
@@ -230,6 +236,22 @@ class BatchAssembler:
 
     # -- regularly sampled channels ----------------------------------------------------------
 
+    def is_duplicate(self, frame: SensorFrame, *, start_ns: int) -> bool:
+        """Whether :meth:`add_frame` would drop ``frame`` as a re-sent copy of one it holds.
+
+        Example
+        -------
+        >>> import numpy as np
+        >>> asm = BatchAssembler(subject_id="s", device_id="d")
+        >>> f = SensorFrame(Channel.TEMP, 3, 0, False, 4.0, np.array([33.0]))
+        >>> _ = asm.add_frame(f, start_ns=0)
+        >>> asm.is_duplicate(f, start_ns=0)
+        True
+        """
+        previous = self._seen.get(frame.channel, {}).get(frame.seq)
+        return (previous is not None and previous[0] == frame.device_time_us
+                and abs(previous[1] - start_ns) <= _SAME_FRAME_NS)
+
     def add_frame(
         self, frame: SensorFrame, *, start_ns: int, host_time_ns: int = 0
     ) -> list[SampleBatch]:
@@ -263,12 +285,7 @@ class BatchAssembler:
         out: list[SampleBatch] = []
         last_seq = self._last_seq.get(channel)
         seen = self._seen.setdefault(channel, {})
-        previous = seen.get(frame.seq)
-        if (
-            previous is not None
-            and previous[0] == frame.device_time_us
-            and abs(previous[1] - start_ns) <= _SAME_FRAME_NS
-        ):
+        if self.is_duplicate(frame, start_ns=start_ns):
             stats.duplicate_frames += 1  # a re-sent frame already assembled
             return out
         run = self._runs.get(channel)
@@ -361,6 +378,46 @@ class BatchAssembler:
             if ev.times_ns and ev.times_ns[-1] - ev.times_ns[0] >= self.max_batch_s * 1e9:
                 out.append(self._close_events(channel))
         return out
+
+    def add_events(
+        self, channel: Channel, times_ns: list[int], values: list[float], *,
+        host_time_ns: int = 0,
+    ) -> list[SampleBatch]:
+        """Add explicitly timed ``hr`` or ``rr`` samples (e.g. RR from Polar PPI records);
+        return the batches they complete. Times are kept strictly increasing as in
+        :meth:`add_heart_rate`.
+
+        Example
+        -------
+        >>> asm = BatchAssembler(subject_id="s", device_id="d", max_batch_s=1.0)
+        >>> [b.values for b in asm.add_events(Channel.RR, [0, 10**9], [990.0, 1000.0])]
+        [[990.0, 1000.0]]
+        """
+        channel = Channel(channel)
+        if channel not in self._events:
+            raise ValueError(f"channel must be one of {[c.value for c in self._events]}")
+        if not times_ns:
+            return []
+        self.stats.of(channel).frames += 1
+        self._append_event(channel, [int(t) for t in times_ns], [float(v) for v in values],
+                           host_time_ns)
+        ev = self._events[channel]
+        if ev.times_ns and ev.times_ns[-1] - ev.times_ns[0] >= self.max_batch_s * 1e9:
+            return [self._close_events(channel)]
+        return []
+
+    def note_gap(self, channel: Channel, seconds: float) -> None:
+        """Count a gap of ``seconds`` in a channel that cannot resume (HRS, Polar PMD).
+
+        Example
+        -------
+        >>> asm = BatchAssembler(subject_id="s", device_id="d")
+        >>> asm.note_gap(Channel.HR, 4.0); asm.stats.of(Channel.HR).gaps
+        1
+        """
+        stats = self.stats.of(channel)
+        stats.gaps += 1
+        stats.gap_s += float(seconds)
 
     def _beat_times(self, rr_ms: list[float], time_ns: int) -> list[int]:
         rr_ns = np.round(np.asarray(rr_ms) * 1e6).astype(np.int64)

@@ -16,7 +16,8 @@ service-UUID filter, ``find_device_by_name`` / ``find_device_by_address``), conn
 outer timeout, ATT MTU exchange on connect (``BumbleTransport.mtu``, default 247;
 ``mtu_size``), full service / characteristic / descriptor discovery (optionally restricted with
 ``services=``), read / write of characteristics (with and without response) and descriptors,
-``start_notify`` / ``stop_notify`` (CCCD write; notifications preferred over indications),
+``start_notify`` / ``stop_notify`` (CCCD write; notifications preferred over indications,
+indications confirmed, as the Polar PMD control point needs),
 ``use_cached`` reads, GATT errors raised as :class:`bleak.exc.BleakGATTProtocolError`, and the
 disconnected callback on an unsolicited link loss.
 
@@ -24,8 +25,10 @@ Not covered: pairing and bonding (``pair()`` / ``unpair()`` raise ``NotImplement
 ``BleakClient(pair=True)`` logs a warning and connects unpaired), encryption and authenticated
 characteristics, ``BleakScanner`` passive-scan ``bluez``/``cb`` options (ignored), the adapter API
 (``BleakAdapter``: connected-device lookup), included services, reliable/prepared writes (long
-writes are not split), connection-parameter and PHY control, BR/EDR (classic) devices, and
-address resolution of private addresses.
+writes are not split), connection-parameter and PHY control, BR/EDR (classic) devices,
+address resolution of private addresses, a services cache (services are discovered on every
+connect, whatever ``use_services_cache`` says) and the platform options of ``start_notify``
+(``bluez=`` / ``cb=``: ignored).
 
 Two workarounds for bumble 0.0.236 are built in: its ``Device.connect`` timeout never fires for an
 absent peer, so every connect runs under an outer ``asyncio.timeout``; and its virtual

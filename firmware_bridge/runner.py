@@ -42,7 +42,12 @@ from firmware_bridge.device_link import DeviceLink, DeviceLinkConfig
 from firmware_bridge.spool import Spool
 from firmware_bridge.status import LiveStatus
 from firmware_bridge.uplink import Uplink
-from firmware_bridge.virtual_wearable import RecordingSource, SimulatedSource, VirtualWearable
+from firmware_bridge.virtual_wearable import (
+    FAULT_KINDS,
+    RecordingSource,
+    SimulatedSource,
+    VirtualWearable,
+)
 from firmware_bridge.virtual_wearable.sources import SignalSource
 
 __all__ = [
@@ -96,7 +101,14 @@ def load_source(source: str | Path, *, seed: int = 0, duration_s: float | None =
 
 @dataclass
 class SubjectReport:
-    """Per-subject counts of a run (samples per channel value)."""
+    """Per-subject counts of a run (samples per channel value).
+
+    ``bad_input`` counts rejected or suspicious input per reason (unknown device, missing
+    characteristic, truncated / oversize / corrupt frame, seq backwards, clock backwards or
+    jumping, PMD refusals); ``repairs`` the re-sends asked on a live link; ``clock_resets`` the
+    device clock restarts seen; ``gap_s`` the seconds missing in the reported gaps of ``hr``
+    and PMD channels; ``faults`` the faults injected into a virtual wearable.
+    """
 
     device_id: str
     sent: dict[str, int]
@@ -108,6 +120,12 @@ class SubjectReport:
     duplicate_frames: int = 0
     link_losses: int = 0
     spool_refused_batches: int = 0
+    bad_input: dict[str, int] = field(default_factory=dict)
+    repairs: int = 0
+    clock_resets: int = 0
+    gap_s: dict[str, float] = field(default_factory=dict)
+    ppi_rejected: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,12 +179,20 @@ class VirtualRunConfig:
     mtu
         ATT MTU the bridge requests.
     chaos_drops
-        Fault injection: each wearable drops its link this many times at random moments of
-        its replay (seeded by ``seed``).
+        Fault injection: each wearable suffers each fault kind of ``chaos_faults`` this many
+        times at random moments of its replay (seeded by ``seed``).
+    chaos_faults
+        Kinds of :data:`~firmware_bridge.virtual_wearable.FAULT_KINDS` injected by chaos:
+        ``drop`` (link loss), ``silent`` (no notifications for 2 s of device time),
+        ``corrupt`` (one frame damaged on the air), ``reboot`` (clock and sequence numbers
+        restart; unsent samples are lost by the device).
     live
         Show the live status table (devices, rates, gaps, spool, uplink) on stderr.
     api_key
         The wearemo API key the uplink sends (``Authorization: Bearer``); None sends none.
+    pmd
+        Polar-like wearables: Heart Rate and Polar PMD services (PPG, ACC, PPI), no wearemo
+        sensor service; ``sent`` then counts PMD samples (``rr``: PPI records).
     """
 
     api_url: str
@@ -180,18 +206,22 @@ class VirtualRunConfig:
     drain_timeout_s: float = 60.0
     mtu: int = 247
     chaos_drops: int = 0
+    chaos_faults: tuple[str, ...] = ("drop", "silent", "corrupt")
     live: bool = False
     api_key: str | None = field(default=None, repr=False)  # a secret: kept out of reprs
+    pmd: bool = False
 
     def __post_init__(self) -> None:
+        if bad := [k for k in self.chaos_faults if k not in FAULT_KINDS]:
+            raise ValueError(f"chaos_faults: unknown {bad}; options: {list(FAULT_KINDS)}")
         if not 1 <= self.n_virtual <= 99:
             raise ValueError(f"n_virtual must be within 1..99, got {self.n_virtual}")
         if not self.speed > 0:
             raise ValueError(f"speed must be > 0, got {self.speed}")
 
 
-def _report_for(link: DeviceLink, sent: dict[str, int], uplink: Uplink, subject: str
-                ) -> SubjectReport:
+def _report_for(link: DeviceLink, sent: dict[str, int], uplink: Uplink, subject: str,
+                faults: dict[str, int] | None = None) -> SubjectReport:
     uploaded = uplink.stats.uploaded_samples.get(subject, {})
     asm = link.assembler.stats
     return SubjectReport(
@@ -205,6 +235,12 @@ def _report_for(link: DeviceLink, sent: dict[str, int], uplink: Uplink, subject:
         duplicate_frames=sum(s.duplicate_frames for s in asm.channels.values()),
         link_losses=link.stats.link_losses,
         spool_refused_batches=link.stats.spool_refused_batches,
+        bad_input=dict(link.stats.bad_input),
+        repairs=link.stats.repairs,
+        clock_resets=link.stats.clock_resets,
+        gap_s={c.value: round(s.gap_s, 3) for c, s in asm.channels.items() if s.gap_s},
+        ppi_rejected=link.stats.ppi_rejected,
+        faults=dict(faults or {}),
     )
 
 
@@ -222,17 +258,20 @@ async def _finish(
     return await uplink.drain(timeout_s=drain_timeout_s)
 
 
-async def _chaos(wearables: Sequence[VirtualWearable], drops: int, *, seed: int) -> None:
-    """Drop each wearable's link ``drops`` times at random moments of its replay."""
+async def _chaos(wearables: Sequence[VirtualWearable], drops: int, *, seed: int,
+                 faults: Sequence[str] = ("drop",)) -> None:
+    """Inject each fault kind ``drops`` times per wearable at random moments of its replay."""
     rng = random.Random(seed)
-    plan = sorted((rng.uniform(0.05, 0.95) * vw.source.duration_s / vw.speed, k)
-                  for k, vw in enumerate(wearables) for _ in range(drops))
+    # Drops drawn first: a seed gives the same drop moments whatever other kinds are added.
+    kinds = sorted(set(faults), key=lambda kind: kind != "drop")
+    plan = sorted((rng.uniform(0.05, 0.95) * vw.source.duration_s / vw.speed, k, kind)
+                  for kind in kinds for k, vw in enumerate(wearables) for _ in range(drops))
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    for at, k in plan:
+    for at, k, kind in plan:
         await asyncio.sleep(max(0.0, t0 + at - loop.time()))
-        if await wearables[k].drop_link():
-            logger.info("chaos: dropped the link of %s", wearables[k].name)
+        if await wearables[k].inject(kind):
+            logger.info("chaos: %s on %s", kind, wearables[k].name)
 
 
 async def run_virtual(config: VirtualRunConfig) -> RunReport:
@@ -262,7 +301,8 @@ async def run_virtual(config: VirtualRunConfig) -> RunReport:
                 start = (source.start_unix if source.start_unix is not None else None)
                 rtc_start = None if start is None else start + k * config.offset_s
                 vw = VirtualWearable(source, name=f"wearemo-{device_id(k)}", speed=config.speed,
-                                     rtc_start_unix=rtc_start)
+                                     rtc_start_unix=rtc_start, pmd=config.pmd,
+                                     sensor_service=not config.pmd)
                 await vw.attach(link)
                 wearables.append(vw)
                 dl = DeviceLink(
@@ -285,7 +325,8 @@ async def run_virtual(config: VirtualRunConfig) -> RunReport:
                     LiveStatus(links, spool, uplink).run(link_stop)))
             if config.chaos_drops:
                 link_tasks.append(asyncio.create_task(
-                    _chaos(wearables, config.chaos_drops, seed=config.seed)))
+                    _chaos(wearables, config.chaos_drops, seed=config.seed,
+                           faults=config.chaos_faults)))
             # Every source is exactly duration_s long (load_source cuts recordings), so the
             # wearables finish by themselves, having sent exactly what the source holds.
             await asyncio.gather(*(vw.wait_finished() for vw in wearables))
@@ -305,8 +346,12 @@ async def run_virtual(config: VirtualRunConfig) -> RunReport:
         report = RunReport(spool_depth=spool.depth, dead_letters=spool.dead_depth,
                            drained=drained)
         for k, (vw, dl) in enumerate(zip(wearables, links, strict=True)):
-            report.subjects[subject_id(k)] = _report_for(dl, vw.sent_counts, uplink,
-                                                         subject_id(k))
+            sent = vw.sent_counts
+            if config.pmd:
+                pmd = vw.pmd_sent_counts
+                sent = {**sent, "ppg": pmd["ppg"], "acc": pmd["acc"], "rr": pmd["ppi"]}
+            report.subjects[subject_id(k)] = _report_for(dl, sent, uplink, subject_id(k),
+                                                         vw.faults)
     return report
 
 

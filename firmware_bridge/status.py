@@ -35,11 +35,20 @@ class _Device:
     gaps: int
     missing_frames: int
     decode_errors: int
+    bad_input: int = 0
+    repairs: int = 0
+    clock_resets: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class StatusSnapshot:
-    """Counters of every device link, the spool and the uplink at one instant."""
+    """Counters of every device link, the spool and the uplink at one instant.
+
+    Per device: link state and losses, samples, gaps (sequence gaps, and gaps of the services
+    that cannot re-send: HRS, PMD), missing frames, decode errors, bad input (everything
+    counted in ``DeviceLinkStats.bad_input``), repairs (``RESUME_FROM`` on a live link) and
+    device clock resets.
+    """
 
     at: float
     devices: tuple[_Device, ...]
@@ -60,7 +69,8 @@ class StatusSnapshot:
                 dl.stats.link_losses, sum(dl.stats.decoded_samples.values()),
                 dl.assembler.stats.gaps,
                 sum(s.missing_frames for s in dl.assembler.stats.channels.values()),
-                dl.stats.decode_errors)
+                dl.stats.decode_errors, sum(dl.stats.bad_input.values()), dl.stats.repairs,
+                dl.stats.clock_resets)
             for dl in links)
         return cls(
             at=time.monotonic(), devices=devices,
@@ -86,7 +96,7 @@ def status_table(now: StatusSnapshot, before: StatusSnapshot | None) -> Table:
         f"spool {now.spool_depth} batches queued, {now.dead_letters} dead-lettered · API {up} · "
         f"{now.uploaded_batches} batches uploaded, {now.retries} retries"))
     for col in ("device", "subject", "link", "samples/s", "samples", "gaps", "missing frames",
-                "link losses", "decode errors"):
+                "link losses", "decode errors", "bad input", "repairs", "clock resets"):
         table.add_column(col, no_wrap=True)
     for d in now.devices:
         p = prev.get(d.device_id)
@@ -95,7 +105,8 @@ def status_table(now: StatusSnapshot, before: StatusSnapshot | None) -> Table:
             d.device_id, d.subject_id,
             "[green]connected[/green]" if d.connected else "[yellow]searching[/yellow]",
             f"{rate:.0f}", str(d.samples), str(d.gaps), str(d.missing_frames),
-            str(d.link_losses), str(d.decode_errors))
+            str(d.link_losses), str(d.decode_errors), str(d.bad_input), str(d.repairs),
+            str(d.clock_resets))
     return table
 
 

@@ -65,6 +65,7 @@ __all__ = [
     "channels_from_mask",
     "channels_to_mask",
     "crc16_ccitt_false",
+    "declared_frame_length",
     "decode_command",
     "decode_frame",
     "decode_info",
@@ -311,6 +312,29 @@ def encode_frame(frame: SensorFrame, *, sample_format: SampleFormat | None = Non
                           rate_mhz, scale32, n)
     payload = header + body
     return payload + struct.pack("<H", crc16_ccitt_false(payload))
+
+
+def declared_frame_length(data: bytes) -> int | None:
+    """Length a data frame announces in its header (``28 + n·a·s``), or None if the header is
+    cut or names an unknown channel or format. Tells a truncated frame (shorter than
+    announced) from an oversize one (longer) when :func:`decode_frame` rejects it.
+
+    Example
+    -------
+    >>> raw = bytes.fromhex("01030101 00000000 0000000000000000 a00f0000 0000803c"
+    ...                     "0100 4008 d3b8")
+    >>> declared_frame_length(raw), declared_frame_length(raw[:-3]), declared_frame_length(b"")
+    (30, 30, None)
+    """
+    data = bytes(data)
+    if len(data) < _HEADER.size:
+        return None
+    code, fmt_code = data[1], data[2]
+    if code not in _CODE_CHANNELS or fmt_code not in {int(f) for f in SampleFormat}:
+        return None
+    n = struct.unpack_from("<H", data, 24)[0]
+    size = _FORMAT_SIZE[SampleFormat(fmt_code)]
+    return FRAME_OVERHEAD + n * CHANNEL_AXES[_CODE_CHANNELS[code]] * size
 
 
 def decode_frame(data: bytes) -> SensorFrame:

@@ -15,10 +15,17 @@ from firmware_bridge.virtual_wearable.sources import (
     SignalSource,
     SimulatedSource,
 )
-from firmware_bridge.virtual_wearable.wearable import FRAME_SECONDS, VirtualWearable
+from firmware_bridge.virtual_wearable.wearable import (
+    FAULT_KINDS,
+    FRAME_SECONDS,
+    PMD_FACTORS,
+    VirtualWearable,
+)
 
 __all__ = [
+    "FAULT_KINDS",
     "FRAME_SECONDS",
+    "PMD_FACTORS",
     "BeatSeries",
     "RecordingSource",
     "RegularSignal",

@@ -43,7 +43,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds to stay connected after the source ends")
     p.add_argument("--drops", type=int, default=0,
                    help="chaos: drop the link this many times at random moments of the replay")
-    p.add_argument("--chaos-seed", type=int, default=0, help="seed of the drop moments")
+    p.add_argument("--silences", type=int, default=0,
+                   help="chaos: go silent (link up, no notifications) for 2 s of device time "
+                   "this many times")
+    p.add_argument("--corruptions", type=int, default=0,
+                   help="chaos: damage a sensor frame on the air this many times")
+    p.add_argument("--reboots", type=int, default=0,
+                   help="chaos: reboot (clock and seq restart, unsent samples lost) this many "
+                   "times")
+    p.add_argument("--pmd", action="store_true", help="also expose Polar's PMD service")
+    p.add_argument("--no-sensor-service", action="store_true",
+                   help="no wearemo sensor service (with --pmd: a Polar-like device)")
+    p.add_argument("--chaos-seed", type=int, default=0, help="seed of the fault moments")
     p.add_argument("--report", type=Path, default=None,
                    help="write a JSON report (samples sent per channel, drops) here at the end")
     return p
@@ -64,8 +75,19 @@ async def _drop_links(vw: VirtualWearable, moments_s: list[float]) -> list[float
         else:
             continue
         done.append((loop.time() - t0) * vw.speed)
+        vw.faults["drop"] += 1
         logging.info("chaos: dropped the link at %.1f s of source time", done[-1])
     return done
+
+
+async def _inject(vw: VirtualWearable, plan: list[tuple[float, str]]) -> None:
+    """Inject each (source second, fault kind) of ``plan`` at its moment."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for moment, kind in plan:
+        await asyncio.sleep(max(0.0, t0 + moment / vw.speed - loop.time()))
+        await vw.inject(kind)
+        logging.info("chaos: %s at %.1f s of source time", kind, moment)
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -78,7 +100,8 @@ async def _run(args: argparse.Namespace) -> None:
         if args.duration is not None:
             source = source.cut(args.duration)
     vw = VirtualWearable(source, name=args.name, address=args.address, speed=args.speed,
-                         clock=args.clock)
+                         clock=args.clock, pmd=args.pmd,
+                         sensor_service=not args.no_sensor_service)
     await vw.attach_transport(args.transport)
     logging.info("advertising as %s (%s); source %.0f s at speed %g", vw.name, vw.address,
                  source.duration_s, vw.speed)
@@ -87,12 +110,17 @@ async def _run(args: argparse.Namespace) -> None:
     # Drops spread over the replay, away from its first and last 5 %.
     moments = sorted(rng.uniform(0.05, 0.95) * source.duration_s for _ in range(args.drops))
     chaos = asyncio.ensure_future(_drop_links(vw, moments))
+    others = sorted((rng.uniform(0.05, 0.95) * source.duration_s, kind)
+                    for kind, n in (("silent", args.silences), ("corrupt", args.corruptions),
+                                    ("reboot", args.reboots)) for _ in range(n))
+    faults = asyncio.ensure_future(_inject(vw, others))
     try:
         await vw.wait_finished()
         await asyncio.sleep(args.linger)
     finally:
         drops = chaos.result() if chaos.done() else []
         chaos.cancel()
+        faults.cancel()
         await vw.stop()
         logging.info("sent %s; dropped %s", vw.sent_counts, vw.dropped_counts)
         if args.report is not None:
@@ -100,6 +128,8 @@ async def _run(args: argparse.Namespace) -> None:
                 "sent": {ch.value if hasattr(ch, "value") else str(ch): n
                          for ch, n in vw.sent_counts.items()},
                 "link_drops_s": drops, "start_unix": source.start_unix,
+                "faults": vw.faults, "dropped": vw.dropped_counts,
+                "pmd_sent": vw.pmd_sent_counts,
             }, indent=1))
 
 

@@ -18,6 +18,11 @@ Behaviour (as a firmware would):
   ended since the previous one (split over several notifications if the MTU is too small).
   Standard HRS semantics: nothing is buffered while the central is not subscribed.
 * A disconnect clears the START state (the central starts channels again after reconnecting).
+* Optionally (``pmd=True``) Polar's PMD service: PPG, ACC and PPI measured only between START
+  and STOP (and stopped by a disconnect), delta-compressed frames, settings and features on the
+  control point; ``sensor_service=False`` leaves out the wearemo service (a Polar-like device).
+* Fault injection (:meth:`VirtualWearable.inject`, used by ``--chaos``): drop the link, go
+  silent, reboot with a clock reset, corrupt a frame on the air (``docs/bridge.md``).
 
 Example
 -------
@@ -41,6 +46,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import struct
 import time
 from collections import deque
 from typing import Any, Literal
@@ -66,6 +72,18 @@ from firmware_bridge.gatt.heart_rate import (
     encode_body_sensor_location,
     encode_heart_rate_measurement,
     max_rr_per_measurement,
+)
+from firmware_bridge.gatt.polar_pmd import (
+    PMD_CONTROL_POINT_UUID,
+    PMD_DATA_UUID,
+    PMD_SERVICE_UUID,
+    POLAR_EPOCH_UNIX_NS,
+    MeasurementType,
+    PmdOpcode,
+    PmdSetting,
+    decode_pmd_settings,
+    encode_pmd_frame,
+    encode_pmd_settings,
 )
 from firmware_bridge.gatt.wearemo_sensor import (
     CHANNEL_CODES,
@@ -94,7 +112,7 @@ from firmware_bridge.gatt.wearemo_sensor import (
 from firmware_bridge.virtual_wearable.sources import SignalSource
 from wearemo.samples import Channel
 
-__all__ = ["FIRMWARE_VERSION", "FRAME_SECONDS", "VirtualWearable"]
+__all__ = ["FAULT_KINDS", "FIRMWARE_VERSION", "FRAME_SECONDS", "PMD_FACTORS", "VirtualWearable"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +127,16 @@ _BODY_SENSOR_LOCATION_UUID = UUID.from_16_bits(0x2A38, "Body Sensor Location")
 _HR_CONTROL_POINT_UUID = UUID.from_16_bits(0x2A39, "Heart Rate Control Point")
 _HR_CONTROL_POINT_NOT_SUPPORTED = 0x80  # ATT application error defined by HRS
 _MAX_IDLE_S = 0.05  # longest wall-clock sleep of the streaming loop
+#: Fault kinds of :meth:`VirtualWearable.inject` (and of ``--chaos``).
+FAULT_KINDS = ("drop", "silent", "reboot", "corrupt")
+#: PMD conversion factors the virtual sensor announces (canonical = raw × factor; ACC raw is
+#: in mG, so g = raw × factor / 1000).
+PMD_FACTORS: dict[MeasurementType, float] = {MeasurementType.PPG: 2.0 ** -10,
+                                             MeasurementType.ACC: 1.0}
+_PMD_CHANNEL = {MeasurementType.PPG: Channel.PPG, MeasurementType.ACC: Channel.ACC}
+# PMD control-point answer codes (Polar Measurement Data Specification)
+_PMD_SUCCESS, _PMD_INVALID_OPCODE, _PMD_NOT_SUPPORTED, _PMD_INVALID_PARAMETER = 0, 1, 3, 5
+_PMD_ALREADY_IN_STATE, _PMD_INVALID_SAMPLE_RATE = 6, 8
 
 
 def _address_from_name(name: str) -> str:
@@ -143,21 +171,37 @@ class VirtualWearable:
         Advertising interval (bumble's default of 1 s makes connects slow).
     body_sensor_location
         Value of 0x2A38.
+    sensor_service
+        Expose the wearemo sensor service (False: a Polar-like device, HRS + PMD only).
+    pmd
+        Expose Polar's PMD service: PPG (4 channels: the source's PPG three times and an
+        ambient 0; delta-compressed), ACC (mG, delta-compressed frame type 1) and PPI (from the
+        source's beats), each streaming only between its START and STOP, as a Polar sensor.
 
     Attributes
     ----------
     sent_counts
         Samples notified per channel value: ``ppg, eda, temp, acc`` (acc triples count once),
-        ``hr`` (0x2A37 notifications), ``rr`` (RR intervals), re-sent frames included.
+        ``hr`` (0x2A37 notifications), ``rr`` (RR intervals); each sample once (a frame damaged
+        on the air by :meth:`corrupt_next` counts, its re-send does not).
+    resent_counts
+        Samples notified again for RESUME_FROM, per channel.
     dropped_counts
-        Samples dropped from the device buffer (central too slow or absent), per channel.
+        Samples dropped from the device buffer (central too slow or absent) or lost in a
+        reboot (what was sampled but not yet sent), per channel.
+    pmd_sent_counts
+        PMD samples notified: ``ppg``, ``acc`` and ``ppi`` records (``ppi_no_contact``: of
+        them, sent flagged without skin contact).
+    faults
+        Faults injected so far, per kind (:data:`FAULT_KINDS`).
     """
 
     def __init__(self, source: SignalSource, *, name: str, address: str | None = None,
                  speed: float = 1.0, rtc_start_unix: float | None = None,
                  clock: Literal["rtc", "ticks"] = "rtc", buffer_s: float = 120.0,
                  ring_frames: int = 512, advertising_interval_ms: float = 20.0,
-                 body_sensor_location: BodySensorLocation = BodySensorLocation.WRIST) -> None:
+                 body_sensor_location: BodySensorLocation = BodySensorLocation.WRIST,
+                 sensor_service: bool = True, pmd: bool = False) -> None:
         if not speed > 0:
             raise ValueError(f"speed must be positive, got {speed}")
         if clock not in ("rtc", "ticks"):
@@ -176,6 +220,23 @@ class VirtualWearable:
         self.battery_percent = 100
         self.sent_counts: dict[str, int] = {k: 0 for k in ("ppg", "eda", "temp", "acc", "hr", "rr")}
         self.dropped_counts: dict[str, int] = {c.value: 0 for c in source.signals}
+        self.resent_counts: dict[str, int] = {c.value: 0 for c in source.signals}
+        self.sensor_service = sensor_service
+        self.pmd = pmd
+        if pmd and not (set(_PMD_CHANNEL.values()) & set(source.signals) or source.beats):
+            raise ValueError("pmd=True needs a source with ppg, acc or beats")
+        if pmd and any(source.signals[c].rate_hz != round(source.signals[c].rate_hz)
+                       for c in _PMD_CHANNEL.values() if c in source.signals):
+            raise ValueError("pmd=True needs whole-hertz ppg/acc rates (PMD settings are uint16)")
+        self.pmd_sent_counts: dict[str, int] = {"ppg": 0, "acc": 0, "ppi": 0,
+                                                "ppi_no_contact": 0}
+        self.faults: dict[str, int] = {k: 0 for k in FAULT_KINDS}
+        self.skin_contact = True
+        self._pmd_started: set[MeasurementType] = set()
+        self._pmd_cursor: dict[MeasurementType, int] = {}
+        self._pmd_beat_next = 0
+        self._silent_until_s = -1.0  # source time until which nothing is notified
+        self._corrupt: list[tuple[Channel | None, Literal["flip", "truncate"]]] = []
         self.device: Device | None = None
         self._controller: Controller | None = None
         self._link: LocalLink | None = None
@@ -191,6 +252,7 @@ class VirtualWearable:
         self._hr_next = 0
         self._beat_next = 0
         self._t0_us: int | None = None
+        self._boot_s = 0.0  # source time of the last (re)boot
         self._wall0 = 0.0
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -242,10 +304,12 @@ class VirtualWearable:
              _HRS_UUID.to_bytes()),
             (AdvertisingData.COMPLETE_LOCAL_NAME, self.name.encode()[:20]),
         ])
+        uuids = ([UUID(SERVICE_UUID)] if self.sensor_service else []) + (
+            [UUID(PMD_SERVICE_UUID)] if self.pmd else [])
         scan_rsp = AdvertisingData([
             (AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
-             UUID(SERVICE_UUID).to_bytes()),
-        ])
+             b"".join(u.to_bytes() for u in uuids)),
+        ] if uuids else [])
         await device.start_advertising(
             auto_restart=True, advertising_data=bytes(adv), scan_response_data=bytes(scan_rsp),
             advertising_interval_min=self.advertising_interval_ms,
@@ -268,6 +332,7 @@ class VirtualWearable:
         else:
             self._t0_us = 0
         self._wall0 = asyncio.get_running_loop().time()
+        self.boots = [(0.0, time.time_ns())]
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-stream")
 
     async def wait_finished(self) -> None:
@@ -340,6 +405,100 @@ class VirtualWearable:
         await connection.disconnect()
         return True
 
+    # ---------------------------------------------------------------- faults
+    async def inject(self, kind: str, *, silent_s: float = 2.0) -> bool:
+        """Inject one fault of :data:`FAULT_KINDS` (what ``--chaos`` does at random moments).
+
+        ``drop``: :meth:`drop_link`; ``silent``: :meth:`go_silent` for ``silent_s`` of device
+        time; ``reboot``: :meth:`reboot`; ``corrupt``: :meth:`corrupt_next`. Returns False when
+        the fault could not happen (``drop`` with no central connected).
+
+        Example
+        -------
+        ``await vw.inject("silent", silent_s=5)``
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"kind must be one of {list(FAULT_KINDS)}, got {kind!r}")
+        if kind == "drop":
+            done = await self.drop_link()
+        elif kind == "silent":
+            self.go_silent(silent_s)
+            done = True
+        elif kind == "reboot":
+            await self.reboot()
+            done = True
+        else:
+            self.corrupt_next()
+            done = True
+        self.faults[kind] += int(done)
+        return done
+
+    def go_silent(self, seconds: float) -> None:
+        """Keep the link up but notify nothing for ``seconds`` of device time (a stalled
+        firmware). Sensor-service samples wait in the device buffer and go out afterwards;
+        heart-rate and PMD samples of the silent period are never sent (nothing buffers them).
+
+        Example
+        -------
+        ``vw.go_silent(3.0)``
+        """
+        if not seconds > 0:
+            raise ValueError(f"seconds must be positive, got {seconds}")
+        self._silent_until_s = max(self._silent_until_s, self._elapsed_s() + seconds)
+
+    def corrupt_next(self, channel: Channel | None = None,
+                     how: Literal["flip", "truncate"] = "flip") -> None:
+        """Damage the next sensor frame (of ``channel``, or of any channel) on the air: one
+        byte flipped (the CRC fails) or the last 5 bytes cut. The ring buffer keeps the intact
+        frame, so ``RESUME_FROM`` re-sends it.
+
+        Example
+        -------
+        ``vw.corrupt_next(Channel.EDA, "truncate")``
+        """
+        if how not in ("flip", "truncate"):
+            raise ValueError(f"how must be one of ['flip', 'truncate'], got {how!r}")
+        self._corrupt.append((None if channel is None else Channel(channel), how))
+
+    async def reboot(self) -> None:
+        """Reboot: the link drops and RAM is lost — unsent samples (counted in
+        ``dropped_counts``), the resume ring, sequence numbers (restart at 0) and every STARTed
+        stream; the clock restarts at 0 ticks (an RTC comes back unset). Sampling goes on, and
+        the new samples wait in the buffer for the next START.
+
+        Example
+        -------
+        ``await vw.reboot()``
+        """
+        async with self._send_lock:
+            now_s = self._elapsed_s()
+            for channel in self.source.signals:
+                available = self._available(channel, now_s)
+                self.dropped_counts[channel.value] += available - self._cursor[channel]
+                self._cursor[channel] = available
+                self._seq[channel] = 0
+                self._ring[channel].clear()
+            if self.source.hr is not None:
+                hr = self.source.hr
+                while self._hr_next < hr.n_samples and hr.sample_time_s(self._hr_next) <= now_s:
+                    self._hr_next += 1
+            self._started.clear()
+            self._pmd_started.clear()
+            self._corrupt.clear()
+            self._silent_until_s = -1.0
+            self.rtc = False
+            self._t0_us = -round(now_s * 1e6)  # ticks count from this moment
+            self._boot_s = now_s
+            self.boots.append((now_s, time.time_ns()))
+            connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.disconnect()
+        self._wake.set()
+
+    def _silent(self, now_s: float) -> bool:
+        return now_s < self._silent_until_s
+
     # ------------------------------------------------------------------- clock
     def device_time_us(self) -> int:
         """Current device time, µs (RTC unix time or ticks since boot)."""
@@ -383,7 +542,18 @@ class VirtualWearable:
                                        model_number="virtual-wearable",
                                        firmware_revision=FIRMWARE_VERSION)
         battery = BatteryService(read_battery_level=lambda _c: self.battery_percent)
-        return [hrs, sensor, dis, battery]
+        self._pmd_data_char: Characteristic[bytes] = Characteristic(
+            PMD_DATA_UUID, Characteristic.Properties.NOTIFY, Characteristic.READABLE, b"")
+        self._pmd_control_char: Characteristic[bytes] = Characteristic(
+            PMD_CONTROL_POINT_UUID,
+            Characteristic.Properties.READ | Characteristic.Properties.WRITE
+            | Characteristic.Properties.INDICATE,
+            Characteristic.READABLE | Characteristic.WRITEABLE,
+            CharacteristicValue[bytes](read=lambda _c: self._pmd_features(),
+                                       write=self._on_pmd_control_write))
+        pmd = Service(PMD_SERVICE_UUID, [self._pmd_control_char, self._pmd_data_char])
+        return [hrs, *([sensor] if self.sensor_service else []), *([pmd] if self.pmd else []),
+                dis, battery]
 
     def _on_connection(self, connection: Connection) -> None:
         self._connection = connection
@@ -395,11 +565,12 @@ class VirtualWearable:
         self._connection = None
         self._subscribed.clear()
         self._started.clear()
+        self._pmd_started.clear()  # a Polar sensor stops measuring when the link drops
         self._wake.set()
 
     def _on_subscription(self, _bearer: Any, characteristic: Characteristic,
-                         notify_enabled: bool, _indicate_enabled: bool) -> None:
-        if notify_enabled:
+                         notify_enabled: bool, indicate_enabled: bool) -> None:
+        if notify_enabled or indicate_enabled:
             self._subscribed.add(characteristic.handle)
         else:
             self._subscribed.discard(characteristic.handle)
@@ -444,6 +615,141 @@ class VirtualWearable:
         await self._respond(connection, CommandResult(op, result))
         self._wake.set()
 
+    # ------------------------------------------------------------------ PMD
+    def _pmd_types(self) -> list[MeasurementType]:
+        if not self.pmd:
+            return []
+        kinds = [m for m, c in _PMD_CHANNEL.items() if c in self.source.signals]
+        return kinds + ([MeasurementType.PPI] if self.source.beats is not None else [])
+
+    def _pmd_features(self) -> bytes:
+        """Control-point read: 0x0F, then a bit per supported measurement type."""
+        bits = sum(1 << int(m) for m in self._pmd_types())
+        return bytes([0x0F, bits & 0xFF, bits >> 8])
+
+    def _pmd_settings(self, m: MeasurementType) -> dict[PmdSetting, list[float]]:
+        if m is MeasurementType.PPI:
+            return {}
+        rate = round(self.source.signals[_PMD_CHANNEL[m]].rate_hz)
+        if m is MeasurementType.PPG:
+            return {PmdSetting.SAMPLE_RATE: [rate], PmdSetting.RESOLUTION: [22],
+                    PmdSetting.CHANNELS: [4]}
+        return {PmdSetting.SAMPLE_RATE: [rate], PmdSetting.RESOLUTION: [16],
+                PmdSetting.RANGE: [8], PmdSetting.CHANNELS: [3]}
+
+    def _on_pmd_control_write(self, connection: Connection, value: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle_pmd(connection, bytes(value)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle_pmd(self, connection: Connection, value: bytes) -> None:
+        op = value[0] if value else 0
+        kind = value[1] if len(value) > 1 else 0
+        status, params = _PMD_SUCCESS, b""
+        supported = {int(m): m for m in self._pmd_types()}
+        m = supported.get(kind)
+        if op not in (PmdOpcode.GET_MEASUREMENT_SETTINGS, PmdOpcode.REQUEST_MEASUREMENT_START,
+                      PmdOpcode.STOP_MEASUREMENT):
+            status = _PMD_INVALID_OPCODE
+        elif m is None:
+            status = _PMD_NOT_SUPPORTED
+        elif op == PmdOpcode.GET_MEASUREMENT_SETTINGS:
+            params = encode_pmd_settings(self._pmd_settings(m))
+        elif op == PmdOpcode.STOP_MEASUREMENT:
+            self._pmd_started.discard(m)
+        elif m in self._pmd_started:
+            status = _PMD_ALREADY_IN_STATE
+        else:
+            try:
+                asked = decode_pmd_settings(value[2:])
+            except GattDecodeError:
+                asked = None
+            offered = self._pmd_settings(m)
+            if asked is None:
+                status = _PMD_INVALID_PARAMETER
+            elif any(v not in offered.get(k, [v]) for k, vs in asked.items() for v in vs):
+                status = _PMD_INVALID_SAMPLE_RATE
+            else:
+                self._pmd_start(m)
+                if m in PMD_FACTORS:
+                    params = encode_pmd_settings({PmdSetting.FACTOR: [PMD_FACTORS[m]]})
+        answer = bytes([0xF0, op, kind, status, 0]) + params
+        if self.device is not None and self._pmd_control_char.handle in self._subscribed:
+            with contextlib.suppress(Exception):
+                await self.device.indicate_subscriber(connection, self._pmd_control_char,
+                                                      answer)
+        self._wake.set()
+
+    def _pmd_start(self, m: MeasurementType) -> None:
+        """A Polar sensor measures from START on: nothing sampled before it is sent."""
+        now_s = self._elapsed_s()
+        if m is MeasurementType.PPI:
+            beats = self.source.beats
+            assert beats is not None
+            self._pmd_beat_next = int(np.searchsorted(beats.end_s, now_s, side="right"))
+        else:
+            self._pmd_cursor[m] = self._available(_PMD_CHANNEL[m], now_s)
+        self._pmd_started.add(m)
+
+    def _pmd_time_ns(self, t_s: float) -> int:
+        """PMD sensor time of source time ``t_s``: ns since 2000 (RTC) or since boot (ticks)."""
+        assert self._t0_us is not None
+        ns = self._t0_us * 1000 + round(t_s * 1e9)
+        return ns - POLAR_EPOCH_UNIX_NS if self.rtc else ns
+
+    async def _pump_pmd(self, now_s: float) -> None:
+        silent = self._silent(now_s)
+        for m in list(self._pmd_started):
+            if m is MeasurementType.PPI:
+                await self._pump_ppi(now_s, silent)
+                continue
+            channel = _PMD_CHANNEL[m]
+            sig = self.source.signals[channel]
+            available = self._available(channel, now_s)
+            per = max(1, round(FRAME_SECONDS[channel] * sig.rate_hz))
+            ended = available == sig.n_samples
+            while m in self._pmd_started and self._can_notify(self._pmd_data_char):
+                i0 = self._pmd_cursor[m]
+                backlog = available - i0
+                if backlog <= 0 or (backlog < per and not ended):
+                    break
+                n = min(per, backlog)
+                values = np.asarray(sig.values[i0:i0 + n], dtype=np.float64)
+                if m is MeasurementType.PPG:
+                    raw = np.rint(values / PMD_FACTORS[m]).astype(np.int64)
+                    raw = np.stack([raw, raw, raw, np.zeros_like(raw)], axis=1)
+                else:
+                    raw = np.rint(values * 1000 / PMD_FACTORS[m]).astype(np.int64)
+                payload = encode_pmd_frame(m, self._pmd_time_ns(sig.sample_time_s(i0 + n - 1)),
+                                           raw, frame_type=1 if m is MeasurementType.ACC else 0,
+                                           compressed=True)
+                self._pmd_cursor[m] = i0 + n
+                if not silent:
+                    await self._notify(self._pmd_data_char, payload)
+                    self.pmd_sent_counts[channel.value] += n
+
+    async def _pump_ppi(self, now_s: float, silent: bool) -> None:
+        beats = self.source.beats
+        assert beats is not None
+        stop = int(np.searchsorted(beats.end_s, now_s, side="right"))
+        start = self._pmd_beat_next
+        if stop <= start or not self._can_notify(self._pmd_data_char):
+            return
+        stop = min(stop, start + 30)  # 30 records: 190 bytes, inside an MTU of 247
+        self._pmd_beat_next = stop
+        if silent:
+            return
+        flags = 0b110 if self.skin_contact else 0b100  # contact supported (+ detected)
+        records = b"".join(
+            struct.pack("<BHHB", min(255, round(60_000 / ibi)), round(ibi), 10, flags)
+            for ibi in beats.ibi_ms[start:stop])
+        head = bytes([MeasurementType.PPI]) + struct.pack(
+            "<Q", self._pmd_time_ns(float(beats.end_s[stop - 1]))) + b"\x00"
+        await self._notify(self._pmd_data_char, head + records)
+        self.pmd_sent_counts["ppi"] += stop - start
+        if not self.skin_contact:
+            self.pmd_sent_counts["ppi_no_contact"] += stop - start
+
     async def _respond(self, connection: Connection,
                        response: ClockReading | CommandResult) -> None:
         if self.device is not None and self._control_char.handle in self._subscribed:
@@ -460,7 +766,7 @@ class VirtualWearable:
                 if frame_seq >= seq and self._can_notify(self._data_char) and \
                         len(payload) <= self._mtu() - 3:
                     await self._notify(self._data_char, payload)
-                    self.sent_counts[channel.value] += n
+                    self.resent_counts[channel.value] += n
         return ResultCode.PARTIAL if partial else ResultCode.SUCCESS
 
     # ------------------------------------------------------------------ streaming
@@ -482,6 +788,8 @@ class VirtualWearable:
                     await self._pump_heart_rate(now_s)
                     for channel in self.source.signals:
                         await self._pump_channel(channel, now_s)
+                    if self._pmd_started:
+                        await self._pump_pmd(now_s)
                 if self._is_finished(now_s):
                     self._finished.set()
                 self._wake.clear()
@@ -512,7 +820,8 @@ class VirtualWearable:
             drop = available - self._cursor[channel] - cap
             self._cursor[channel] += drop
             self.dropped_counts[channel.value] += drop
-        if channel not in self._started or not self._can_notify(self._data_char):
+        if (channel not in self._started or not self._can_notify(self._data_char)
+                or self._silent(now_s)):
             return
         per = self._frame_samples(channel)
         if per == 0:
@@ -532,11 +841,22 @@ class VirtualWearable:
                 payload = encode_frame(frame)
             except ValueError:  # out of the default format's range: send float32 instead
                 payload = encode_frame(frame, sample_format=SampleFormat.FLOAT32, scale=1.0)
-            await self._notify(self._data_char, payload)
+            await self._notify(self._data_char, self._damaged(channel, payload))
             self._ring[channel].append((frame.seq, payload, n))
             self._seq[channel] += 1
             self._cursor[channel] = i0 + n
             self.sent_counts[channel.value] += n
+
+    def _damaged(self, channel: Channel, payload: bytes) -> bytes:
+        """The payload as it goes on the air: damaged if a corruption is pending for it."""
+        for k, (target, how) in enumerate(self._corrupt):
+            if target is None or target is channel:
+                del self._corrupt[k]
+                if how == "truncate":
+                    return payload[:-5]
+                mid = len(payload) // 2
+                return payload[:mid] + bytes([payload[mid] ^ 0xFF]) + payload[mid + 1:]
+        return payload
 
     def _device_time_of(self, t_s: float) -> int:
         assert self._t0_us is not None
@@ -556,7 +876,7 @@ class VirtualWearable:
                 self._beat_next = max(self._beat_next, stop)
             bpm = int(np.clip(np.rint(hr.values[self._hr_next]), 0, 0xFFFF))
             self._hr_next += 1
-            if not self._can_notify(self._hr_char):
+            if not self._can_notify(self._hr_char) or self._silent(now_s):
                 continue  # standard HRS: nothing is buffered for an absent subscriber
             per = max(1, max_rr_per_measurement(self._mtu(), hr_uint16=bpm > 0xFF))
             chunks = [rr[i:i + per] for i in range(0, len(rr), per)] or [[]]
@@ -572,14 +892,23 @@ class VirtualWearable:
             return False
         if self.source.hr is not None and self._hr_next < self.source.hr.n_samples:
             return False
+        if MeasurementType.PPI in self._pmd_started and self.source.beats is not None and \
+                self._pmd_beat_next < len(self.source.beats):
+            return False
         return all(self._cursor[c] >= self.source.signals[c].n_samples
-                   for c in self._started)
+                   for c in self._started) and all(
+            self._pmd_cursor[m] >= self.source.signals[_PMD_CHANNEL[m]].n_samples
+            for m in self._pmd_started if m in _PMD_CHANNEL)
 
     def _next_event_s(self, now_s: float) -> float:
         times = []
         hr = self.source.hr
         if hr is not None and self._hr_next < hr.n_samples:
             times.append(hr.sample_time_s(self._hr_next))
+        for m in self._pmd_started & set(_PMD_CHANNEL):
+            sig = self.source.signals[_PMD_CHANNEL[m]]
+            per = max(1, round(FRAME_SECONDS[_PMD_CHANNEL[m]] * sig.rate_hz))
+            times.append(sig.sample_time_s(min(self._pmd_cursor[m] + per - 1, sig.n_samples - 1)))
         for channel, sig in self.source.signals.items():
             if channel in self._started:
                 per = max(1, self._frame_samples(channel))

@@ -4,7 +4,8 @@ Four processes talk as in the field: the virtual radio (linked bumble controller
 HCI-over-TCP), the virtual wearable replaying 7 min of the shipped real recording on one
 controller, the bridge (``python -m firmware_bridge run --name ... --bumble-transport ...``) on
 the other, and the wearemo API (``wearemo serve``) with its SQLite store. During the replay the
-wearable drops the link 10 times at random moments, the API is stopped for 2 minutes, and the
+wearable drops the link 10 times at random moments, goes silent twice and damages 3 frames on
+the air (rejected by the bridge and re-sent), the API is stopped for 2 minutes, and the
 bridge is killed with SIGKILL 3 times (twice while the API is down, so its spool holds the
 backlog across the kills; the third kill comes right after it is back) and restarted.
 
@@ -44,6 +45,8 @@ SPEED = 3.0  # 140 s of wall time
 OUTAGE = (10.0, 130.0)  # wall seconds after the replay starts: 2 min without the API
 KILLS = (25.0, 70.0, 133.0)  # wall seconds: SIGKILL the bridge, restart it 1 s later
 DROPS = 10
+SILENCES = 2  # 2 s of device time each without notifications (sensor frames wait, HR is lost)
+CORRUPTIONS = 3  # frames damaged on the air: rejected, re-sent via RESUME_FROM
 SUBJECT, DEVICE, NAME = "chaos-01", "vw-chaos", "wearemo-vw-chaos"
 
 
@@ -124,7 +127,8 @@ def test_chaos_run_stores_every_sample_exactly_once(workdir: Path) -> None:
         wearable = spawn(["firmware_bridge.virtual_wearable", "--transport",
                           f"tcp-client:127.0.0.1:{a}", "--source", str(DEFAULT_SOURCE),
                           "--duration", str(REPLAY_S), "--speed", str(SPEED), "--name", NAME,
-                          "--drops", str(DROPS), "--chaos-seed", "3", "--linger", "10",
+                          "--drops", str(DROPS), "--silences", str(SILENCES),
+                          "--corruptions", str(CORRUPTIONS), "--chaos-seed", "3", "--linger", "10",
                           "--report", str(workdir / "wearable.json")], "wearable.log")
         t0 = time.monotonic()
         link = bridge()
@@ -149,6 +153,8 @@ def test_chaos_run_stores_every_sample_exactly_once(workdir: Path) -> None:
         assert report["drained"] and report["dead_letters"] == 0, report
         chaos = json.loads((workdir / "wearable.json").read_text())
         assert len(chaos["link_drops_s"]) == DROPS
+        assert chaos["faults"]["silent"] == SILENCES
+        assert chaos["faults"]["corrupt"] == CORRUPTIONS
     finally:
         api.stop()
         for p in procs:

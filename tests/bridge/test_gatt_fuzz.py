@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +109,15 @@ def mutated_pmd_frames(draw: st.DrawFn) -> bytes:
 @given(mutated_pmd_frames())
 def test_mutated_pmd_frames(data: bytes) -> None:
     _only_gatt_errors(decode_pmd_frame, data)
+
+
+@pytest.mark.timeout(120)
+def test_atheris_coverage_guided_run_finds_no_crash(tmp_path: Path) -> None:
+    """20,000 coverage-guided inputs over every decoder (benchmarks/fuzz_atheris.py): libFuzzer
+    exits non-zero on any exception other than GattDecodeError."""
+    script = Path(__file__).parents[2] / "benchmarks" / "fuzz_atheris.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "-runs=20000", "-seed=7", "-timeout=10",
+         str(tmp_path / "corpus")], capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Done 20000 runs" in done.stderr

@@ -72,6 +72,9 @@ def test_cli_writes_report(server: IngestServer, tmp_path: Path) -> None:
     assert sub["device_id"] == "vw-01" and sub["gaps"] == 0 and sub["decode_errors"] == 0
     assert sub["sent"]["ppg"] == 640 and sub["uploaded"] == sub["sent"]
     assert server.samples()[("demo-01", "ppg")] == 640
+    # the bad-input accounting is in the report, and a clean run has none
+    assert sub["bad_input"] == {} and sub["repairs"] == 0 and sub["clock_resets"] == 0
+    assert sub["faults"] == {"drop": 0, "silent": 0, "reboot": 0, "corrupt": 0}
 
 
 def test_cli_rejects_address_without_subject() -> None:
@@ -79,3 +82,16 @@ def test_cli_rejects_address_without_subject() -> None:
 
     with pytest.raises(SystemExit):
         main(["run", "--api", "http://127.0.0.1:9", "--address", "AA:BB:CC:DD:EE:FF"])
+
+
+async def test_virtual_polar_like_run(server: IngestServer, tmp_path: Path) -> None:
+    """``--pmd``: Polar-like wearables (HRS + PMD) through the whole bridge, nothing twice."""
+    report = await run_virtual(VirtualRunConfig(
+        api_url=server.url, spool_path=tmp_path / "spool.db", source="sim", speed=20,
+        duration_s=10, pmd=True, drain_timeout_s=30))
+    sub = report.subjects["demo-01"]
+    assert report.drained and sub.sent["ppg"] > 0 and sub.sent["acc"] > 0
+    assert sub.uploaded["ppg"] == sub.sent["ppg"] and sub.uploaded["acc"] == sub.sent["acc"]
+    assert sub.uploaded["rr"] == sub.sent["rr"] > 0  # PPI records; HRS RR not stored again
+    assert sub.bad_input == {}
+    assert all(n == 1 for n in server.sample_multiplicity().values())
