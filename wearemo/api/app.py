@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from wearemo.api.deps import AppState, Resources
 from wearemo.api.errors import on_validation_error
-from wearemo.api.limits import BodySizeLimit
+from wearemo.api.limits import BodySizeLimit, RateLimiter
 from wearemo.api.routes import health, ingest, subjects
 from wearemo.features import WindowConfig
 from wearemo.model import load_model
@@ -83,11 +83,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             min_coverage=cfg.min_coverage,
             lateness_s=cfg.lateness_s,
         )
-        pipeline = Pipeline(store, model, config=window, extra=extra)
-        log.info("wearemo API ready: store=%s model=%s", cfg.store, model.version)
+        pipeline = Pipeline(store, model, config=window, extra=extra, mode=cfg.processing,
+                            workers=cfg.processing_workers,
+                            max_pending_samples=cfg.max_pending_samples)
+        # Batches a crash left unprocessed are queued here (and processed in the background).
+        await run_in_threadpool(pipeline.start)
+        limiter = RateLimiter(
+            requests_per_s=cfg.rate_limit_requests_per_s,
+            request_burst=cfg.rate_limit_request_burst,
+            samples_per_s=cfg.rate_limit_samples_per_s,
+            sample_burst=cfg.rate_limit_sample_burst,
+        )
+        log.info("wearemo API ready: store=%s model=%s processing=%s", cfg.store,
+                 model.version, cfg.processing)
         try:
-            yield {"resources": Resources(cfg, store, model, pipeline)}
+            yield {"resources": Resources(settings=cfg, store=store, model=model,
+                                          pipeline=pipeline, limiter=limiter)}
         finally:
+            await run_in_threadpool(pipeline.close)
             store.close()
 
     app = FastAPI(
@@ -101,4 +114,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(ingest.router)
     app.include_router(subjects.router)
+    ingest.document_bodies(app)
     return app

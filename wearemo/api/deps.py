@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Annotated, TypedDict
 
 from fastapi import Depends, HTTPException, Path, Request
+from starlette.requests import HTTPConnection
 
+from wearemo.api.limits import RateLimiter
 from wearemo.model import StressModel
 from wearemo.pipeline import Pipeline
 from wearemo.samples import ID_PATTERN
@@ -25,6 +27,7 @@ from wearemo.store import StateStore
 __all__ = [
     "AppState",
     "KnownSubject",
+    "LimiterDep",
     "ModelDep",
     "PipelineDep",
     "Resources",
@@ -35,6 +38,7 @@ __all__ = [
     "get_resources",
     "get_settings",
     "get_store",
+    "rate_limit_key",
 ]
 
 
@@ -46,6 +50,7 @@ class Resources:
     store: StateStore
     model: StressModel
     pipeline: Pipeline
+    limiter: RateLimiter
 
 
 class AppState(TypedDict):
@@ -54,8 +59,8 @@ class AppState(TypedDict):
     resources: Resources
 
 
-def get_resources(request: Request) -> Resources:
-    """The app's :class:`Resources`."""
+def get_resources(request: HTTPConnection) -> Resources:
+    """The app's :class:`Resources` (for an HTTP request or a WebSocket)."""
     resources: Resources = request.state.resources
     return resources
 
@@ -80,7 +85,29 @@ def get_pipeline(request: Request) -> Pipeline:
     return get_resources(request).pipeline
 
 
+def get_limiter(request: Request) -> RateLimiter:
+    """The app's per-client rate limiter."""
+    return get_resources(request).limiter
+
+
+def rate_limit_key(request: HTTPConnection) -> str:
+    """Whom a rate limit is counted against: the remote address.
+
+    Once authentication is on, the API key's id is the better key (several devices behind
+    one NAT address, or one key spread over many addresses).
+
+    Example
+    -------
+    >>> from starlette.requests import Request
+    >>> rate_limit_key(Request({"type": "http", "client": ("10.0.0.7", 5123)}))
+    'addr:10.0.0.7'
+    """
+    client = request.client
+    return f"addr:{client.host if client is not None else 'unknown'}"
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 StoreDep = Annotated[StateStore, Depends(get_store)]
 ModelDep = Annotated[StressModel, Depends(get_model)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
