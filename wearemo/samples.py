@@ -18,10 +18,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    model_validator,
+)
 
 __all__ = [
     "CHANNEL_AXES",
@@ -67,6 +75,24 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 
+def _values_shape(v: Any) -> str:
+    # Pick the union branch from the first element, so only that branch is validated: trying
+    # ``list[float]`` on acc triples first builds one error per sample (~2 us each).
+    if isinstance(v, list | tuple) and v and isinstance(v[0], list | tuple):
+        return "list[list[float]]"
+    return "list[float]"
+
+
+#: One number per sample, or ``[x, y, z]`` per sample (acc). The tags are the branch names
+#: pydantic gives an untagged union, so error locations read the same.
+_LENGTH = Field(min_length=1, max_length=MAX_BATCH_SAMPLES)
+Values = Annotated[
+    Annotated[list[float], _LENGTH, Tag("list[float]")]
+    | Annotated[list[list[float]], _LENGTH, Tag("list[list[float]]")],
+    Discriminator(_values_shape),
+]
+
+
 class SampleBatch(BaseModel):
     """A run of samples of one channel from one device worn by one subject.
 
@@ -109,7 +135,7 @@ class SampleBatch(BaseModel):
     start_ns: int = Field(ge=0)
     rate_hz: float | None = Field(default=None, gt=0.0, le=10_000.0)
     timestamps_ns: list[int] | None = None
-    values: list[float] | list[list[float]] = Field(min_length=1, max_length=MAX_BATCH_SAMPLES)
+    values: Values
     unit: str | None = None
     seq: int | None = Field(default=None, ge=0)
 

@@ -12,6 +12,7 @@ Example
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -94,6 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             samples_per_s=cfg.rate_limit_samples_per_s,
             sample_burst=cfg.rate_limit_sample_burst,
         )
+        # Move everything built so far (the model above all) out of the garbage collector's
+        # reach: otherwise each full collection walks it again, and ingest allocates enough
+        # small lists (acc triples) to trigger many; this made decoding ~20x slower.
+        gc.freeze()
         log.info("wearemo API ready: store=%s model=%s processing=%s", cfg.store,
                  model.version, cfg.processing)
         try:
