@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     StringConstraints,
     Tag,
     model_validator,
@@ -138,6 +139,8 @@ class SampleBatch(BaseModel):
     values: Values
     unit: str | None = None
     seq: int | None = Field(default=None, ge=0)
+    # values_array() made once: (the values list it was made from, the read-only array).
+    _array: tuple[object, np.ndarray] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -156,7 +159,7 @@ class SampleBatch(BaseModel):
             for i, v in enumerate(self.values):
                 if not isinstance(v, list) or len(v) != axes:
                     raise ValueError(f"values[{i}]: channel {name!r} takes {axes} numbers")
-        arr = np.asarray(self.values, dtype=np.float64).reshape(len(self.values), -1)
+        arr = self.values_array().reshape(len(self.values), -1)
         bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         if bad.size:
             raise ValueError(f"values[{bad[0]}]: not a finite number (NaN or infinity)")
@@ -200,9 +203,18 @@ class SampleBatch(BaseModel):
         return int(self.times_ns()[-1])
 
     def values_array(self) -> np.ndarray:
-        """Values as ``float64``: shape ``(n,)``, or ``(n, 3)`` for ``acc``."""
+        """Values as read-only ``float64``: shape ``(n,)``, or ``(n, 3)`` for ``acc``.
+
+        Converted once per batch (validation, storage and features all need it).
+        """
+        cached = self._array
+        if cached is not None and cached[0] is self.values:  # a model_copy may swap values
+            return cached[1]
         arr = np.asarray(self.values, dtype=np.float64)
-        return arr.reshape(-1, 3) if CHANNEL_AXES[self.channel] == 3 else arr.reshape(-1)
+        arr = arr.reshape(-1, 3) if CHANNEL_AXES[self.channel] == 3 else arr.reshape(-1)
+        arr.flags.writeable = False
+        self._array = (self.values, arr)
+        return arr
 
 
 @dataclass(frozen=True, slots=True)
