@@ -758,7 +758,7 @@ class Pipeline:
     def _emit(self, sub: _Subject, windows: Sequence[FeatureWindow], report: IngestReport) -> None:
         if not windows:
             return
-        states: list[StateEstimate] = [sub.estimator.update(w) for w in windows]
+        states: list[StateEstimate] = sub.estimator.update_many(windows)
         # States first: a stored window marks "done" for a restart (see _restore), so a crash
         # in between leaves the window unstored and it is recomputed, never a window without
         # its state.
