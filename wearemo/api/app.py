@@ -7,7 +7,7 @@ Example
 -------
 >>> app = create_app(Settings(data_dir="/tmp/wearemo-doc"))
 >>> sorted(p for p in app.openapi()["paths"] if p.startswith("/v1"))[:2]
-['/v1/ingest', '/v1/subjects']
+['/v1/ingest', '/v1/ingest/lag']
 """
 
 from __future__ import annotations
