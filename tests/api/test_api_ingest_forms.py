@@ -202,6 +202,21 @@ def test_rate_limits_answer_429_with_retry_after_and_store_nothing(tmp_path: Pat
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         assert "30 samples in this one" in r.json()["detail"]
         assert c.get("/v1/subjects/rl1").json()["samples"]["eda"] == 4 + 4 + 4 + 30
+        # over WebSocket: each refusal is answered; 20 in a row close the connection (1008)
+        statuses: list[int] = []
+        with connect(url.replace("http://", "ws://") + "/v1/ingest/ws") as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                for i in range(40):
+                    ws.send(json.dumps(body([eda(f"w{i}", "rl2", 2 * i, [3.0] * 4)])))
+                    answer = json.loads(ws.recv(timeout=30))
+                    statuses.append(answer["status"])
+                    if answer["status"] == 429:
+                        assert answer["retry_after_s"] >= 1
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert statuses[-20:] == [429] * 20 and len(statuses) <= 22
+        stored = sum(s == 200 for s in statuses)
+        summary = c.get("/v1/subjects/rl2")
+        assert (summary.json()["batches"] if stored else summary.status_code) == (stored or 404)
 
 
 def test_background_mode_answers_at_once_states_follow_and_backpressure_is_503(
