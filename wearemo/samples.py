@@ -139,8 +139,8 @@ class SampleBatch(BaseModel):
     values: Values
     unit: str | None = None
     seq: int | None = Field(default=None, ge=0)
-    # values_array() made once: (the values list it was made from, the read-only array).
-    _array: tuple[object, np.ndarray] | None = PrivateAttr(default=None)
+    # values_array() made once per batch; never part of equality (see _Memo).
+    _array: _Memo | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -207,14 +207,32 @@ class SampleBatch(BaseModel):
 
         Converted once per batch (validation, storage and features all need it).
         """
-        cached = self._array
-        if cached is not None and cached[0] is self.values:  # a model_copy may swap values
-            return cached[1]
+        memo = self._array
+        if memo is not None and memo.source is self.values:  # a model_copy may swap values
+            return memo.array
         arr = np.asarray(self.values, dtype=np.float64)
         arr = arr.reshape(-1, 3) if CHANNEL_AXES[self.channel] == 3 else arr.reshape(-1)
         arr.flags.writeable = False
-        self._array = (self.values, arr)
+        self._array = _Memo(self.values, arr)
         return arr
+
+
+class _Memo:
+    """A derived value cached on a model, invisible to its equality.
+
+    Pydantic compares private attributes in ``==``; a cache must not make two equal batches
+    unequal (one converted, one not), nor compare arrays element-wise.
+    """
+
+    __slots__ = ("array", "source")
+
+    def __init__(self, source: object, array: np.ndarray) -> None:
+        self.source, self.array = source, array
+
+    def __eq__(self, other: object) -> bool:
+        return other is None or isinstance(other, _Memo)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)

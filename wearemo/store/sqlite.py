@@ -429,10 +429,24 @@ class SQLiteStore:
         {}
         """
         with self._lock:
+            # Only the tail after the oldest cursor is read (a rowid range; NOT INDEXED keeps
+            # the planner from scanning an index in subject order instead): this runs at every
+            # start. Subjects never processed have no cursor row; their first batch bounds the
+            # range. A long-idle subject's old cursor still widens the range (worst case: the
+            # whole table, as a plain GROUP BY would read).
+            lo = self._conn.execute(
+                "SELECT MIN(m) FROM ("
+                "SELECT MIN(batch_seq) AS m FROM processing UNION ALL "
+                "SELECT MIN(id) - 1 FROM batches WHERE subject_id IN ("
+                "SELECT subject_id FROM channels EXCEPT SELECT subject_id FROM processing))"
+            ).fetchone()[0]
+            if lo is None:
+                return {}
             rows = self._conn.execute(
-                "SELECT b.subject_id, COUNT(*), SUM(b.n_samples) FROM batches b "
+                "SELECT b.subject_id, COUNT(*), SUM(b.n_samples) FROM batches b NOT INDEXED "
                 "LEFT JOIN processing p ON p.subject_id = b.subject_id "
-                "WHERE b.id > COALESCE(p.batch_seq, 0) GROUP BY b.subject_id"
+                "WHERE b.id > ? AND b.id > COALESCE(p.batch_seq, 0) GROUP BY b.subject_id",
+                (int(lo),),
             ).fetchall()
         return {str(sid): (int(n), int(k)) for sid, n, k in rows}
 
