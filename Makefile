@@ -5,7 +5,7 @@ UV := .tools/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: env demo test lint typecheck unit clean
+.PHONY: env demo test lint typecheck unit servers clean
 
 $(UV): scripts/bootstrap.sh
 	PYTHON=$(PYTHON) bash scripts/bootstrap.sh
@@ -28,7 +28,10 @@ typecheck: env
 unit: env
 	$(VENV)/bin/pytest tests notebooks --nbmake
 
-test: lint typecheck unit
+servers:
+	bash scripts/servers.sh
+
+test: lint typecheck servers unit
 
 clean:
 	rm -rf $(VENV) .tools out .pytest_cache .mypy_cache .ruff_cache

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RANK = {
     "samples": 0,
     "settings": 1,
+    "metrics": 1,
+    "logs": 1,
     "ingest": 2,
     "datasets": 2,
     "signals": 3,
@@ -29,6 +31,7 @@ RANK = {
     "store": 6,
     "batch": 7,
     "pipeline": 7,
+    "alerts": 7,
     "api": 8,
     "cli": 9,
     "__main__": 10,

@@ -1,4 +1,4 @@
-"""The ``wearemo`` command line: demo, serve, bridge, process, train, predict.
+"""The ``wearemo`` command line: demo, serve, bridge, process, train, predict, export.
 
 Example
 -------
@@ -73,10 +73,17 @@ def serve(
     """Run the HTTP API (ingest, states, OpenAPI docs at /docs)."""
     import uvicorn
 
+    from wearemo.logs import configure_logging
+    from wearemo.settings import get_settings
+
     if data_dir is not None:
         os.environ["WEAREMO_DATA_DIR"] = str(data_dir)
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    # log_config=None keeps uvicorn's records on our handler; access lines come from wearemo's
+    # own middleware (structured, with request ids), so uvicorn's are off.
     uvicorn.run("wearemo.api.app:create_app", factory=True, host=host, port=port,
-                log_level="warning")
+                log_level="warning", log_config=None, access_log=False)
 
 
 @app.command(
@@ -153,7 +160,9 @@ def demo(
         return
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "WEAREMO_DATA_DIR": str(workdir / "data")}
+    # The API shares the terminal with the live table: plain text, warnings only.
+    env = {"WEAREMO_LOG_FORMAT": "plain", "WEAREMO_LOG_LEVEL": "WARNING", **os.environ,
+           "WEAREMO_DATA_DIR": str(workdir / "data")}
     api = subprocess.Popen(
         [sys.executable, "-m", "wearemo", "serve", "--port", str(port)], env=env
     )
@@ -242,7 +251,8 @@ def _chaos_demo(*, subjects: int, src: str, duration: float | None, speed: float
                  *(f"tcp-server:127.0.0.1:{p}" for p in ports)], "radio.log")
     api_port = _free_port()
     url = f"http://127.0.0.1:{api_port}"
-    env = {**os.environ, "WEAREMO_DATA_DIR": str(workdir / "data")}
+    env = {"WEAREMO_LOG_FORMAT": "plain", **os.environ,
+           "WEAREMO_DATA_DIR": str(workdir / "data")}
 
     def start_api() -> subprocess.Popen[bytes]:
         proc = procs.spawn(["wearemo", "serve", "--port", str(api_port)], "api.log", env)
@@ -540,6 +550,66 @@ def predict(
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     console.print(f"{len(frame)} windows → {out}")
+
+
+@app.command()
+def export(
+    data_dir: Annotated[Path, typer.Option(help="The service's data dir (WEAREMO_DATA_DIR).")],
+    out: Annotated[Path, typer.Option(help="Folder for states/features/samples files.")],
+    subject: Annotated[list[str] | None, typer.Option(
+        help="Subject id to include (repeat it); all subjects when absent.")] = None,
+    kind: Annotated[list[str] | None, typer.Option(
+        help="states, features and/or samples (repeat it); all three when absent.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    start: Annotated[str | None, typer.Option(help="Unix seconds or ISO-8601.")] = None,
+    end: Annotated[str | None, typer.Option(help="Unix seconds or ISO-8601 (exclusive).")] = None,
+) -> None:
+    """Export a cohort from the store: one file per kind (``OUT/states.parquet``...) with a
+    ``subject_id`` column, written page by page (columns and units: docs/read-api.md)."""
+    from wearemo.api.routes.subjects import parse_time_ns
+    from wearemo.settings import Settings
+    from wearemo.store import open_store
+    from wearemo.store.export import EXPORT_FORMATS, EXPORT_KINDS, export_stream
+
+    settings = Settings(data_dir=data_dir)
+    db = settings.resolved_sqlite_path()
+    if not db.exists():  # opening would create an empty store
+        raise typer.BadParameter(f"no wearemo store at {db}", param_hint="--data-dir")
+    kinds = kind or list(EXPORT_KINDS)
+    for k in kinds:
+        if k not in EXPORT_KINDS:
+            raise typer.BadParameter(f"{k!r}; options: {', '.join(EXPORT_KINDS)}",
+                                     param_hint="--kind")
+    if fmt not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"{fmt!r}; options: {', '.join(EXPORT_FORMATS)}",
+                                 param_hint="--format")
+    span = []
+    for name, value in (("start", start), ("end", end)):
+        try:
+            span.append(None if value is None else parse_time_ns(value, name=name))
+        except Exception:
+            raise typer.BadParameter(f"{value!r} is neither unix seconds nor ISO-8601",
+                                     param_hint=f"--{name}") from None
+    store = open_store(settings)
+    try:
+        known = store.subject_ids()
+        subjects = list(subject) if subject else known
+        missing = [s for s in subjects if s not in known]
+        if missing:
+            raise typer.BadParameter(f"unknown subject(s) {', '.join(missing)}",
+                                     param_hint="--subject")
+        out.mkdir(parents=True, exist_ok=True)
+        for k in kinds:
+            path = out / f"{k}.{fmt}"
+            tmp = path.with_suffix(path.suffix + ".part")  # never a half-written file at path
+            with tmp.open("wb") as f:
+                for chunk in export_stream(store, subjects, k, fmt,  # type: ignore[arg-type]
+                                           start_ns=span[0], end_ns=span[1]):
+                    f.write(chunk)
+            tmp.replace(path)
+            console.print(f"{k}: {len(subjects)} subjects → {path}")
+    finally:
+        store.close()
 
 
 def main() -> None:

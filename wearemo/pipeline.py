@@ -36,8 +36,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,10 +45,22 @@ from threadpoolctl import ThreadpoolController
 
 from wearemo.features import FeatureWindow, SubjectStream, WindowConfig
 from wearemo.ingest import BatchResult, BatchStatus, IngestReport, OrderTracker
+from wearemo.metrics import (
+    INGEST_BATCHES,
+    INGEST_SAMPLES,
+    PIPELINE_BATCH_SECONDS,
+    STATES,
+    STORE_WRITE_ERRORS,
+)
 from wearemo.model import StateEstimate, StressModel, SubjectEstimator
 from wearemo.samples import SampleBatch
 from wearemo.store import BatchConflictError, StateStore
-from wearemo.store.base import Calibration, ProcessingCursor, batch_digest
+from wearemo.store.base import (
+    Calibration,
+    ProcessingCursor,
+    StoreBackpressureError,
+    batch_digest,
+)
 
 __all__ = [
     "BaselineStatus",
@@ -303,6 +315,7 @@ class Pipeline:
         report = IngestReport()
         if not batches:
             return report
+        started = time.perf_counter()
         if self.mode == "background":
             self._check_lag()
         subjects = sorted({b.subject_id for b in batches})
@@ -314,7 +327,17 @@ class Pipeline:
                 flags: list[bool] | None = self.store.add_batches(new)
             except BatchConflictError:
                 flags = None
-            except BaseException:
+            except StoreBackpressureError:
+                if len(new) < 2:
+                    for sid in subjects:
+                        self._order.forget(sid)
+                    raise
+                # A store that buffers (InfluxDB's outbox) may take part of the request: go
+                # batch by batch so the ones that fit are stored before the 503.
+                flags = None
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    STORE_WRITE_ERRORS.labels(operation="add_batch").inc()
                 for sid in subjects:
                     self._order.forget(sid)  # tentative marks of batches that were not stored
                 raise
@@ -322,7 +345,8 @@ class Pipeline:
                 for sid in subjects:
                     self._order.forget(sid)
         if flags is None:
-            # Another process stored one of these ids meanwhile: redo them one by one.
+            # Another process stored one of these ids meanwhile, or the store's buffer took
+            # only part: redo them one by one.
             return self._ingest_each(batches)
         stored = {(b.subject_id, b.batch_id) for b, ok in zip(new, flags, strict=True) if ok}
         report.results = [
@@ -336,6 +360,9 @@ class Pipeline:
                 self._process(sid, report, limit=None)
             else:
                 self._enqueue(sid)
+        seconds = time.perf_counter() - started
+        for batch, result in zip(batches, report.results, strict=False):
+            _count_batch(batch, result.status, seconds)
         return report
 
     def _classify(self, batches: Sequence[SampleBatch], report: IngestReport) -> list[SampleBatch]:
@@ -762,8 +789,12 @@ class Pipeline:
         # States first: a stored window marks "done" for a restart (see _restore), so a crash
         # in between leaves the window unstored and it is recomputed, never a window without
         # its state.
-        self.store.add_states(states)
-        self.store.add_windows(windows)
+        with _counting_errors("add_states"):
+            self.store.add_states(states)
+        with _counting_errors("add_windows"):
+            self.store.add_windows(windows)
+        for state in states:
+            STATES.labels(label=state.state).inc()
         report.windows += len(windows)
         report.states += len(states)
         for listener in list(self._listeners):
@@ -860,3 +891,20 @@ class Pipeline:
             report = IngestReport()
             self._emit(sub, fresh, report)
         return sub
+
+
+def _count_batch(batch: SampleBatch, status: BatchStatus, seconds: float) -> None:
+    channel = batch.channel.value
+    INGEST_BATCHES.labels(channel=channel, outcome=status).inc()
+    INGEST_SAMPLES.labels(channel=channel, outcome=status).inc(len(batch.values))
+    if status == "stored":
+        PIPELINE_BATCH_SECONDS.observe(seconds)
+
+
+@contextmanager
+def _counting_errors(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception:
+        STORE_WRITE_ERRORS.labels(operation=operation).inc()
+        raise

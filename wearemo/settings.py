@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -30,7 +30,7 @@ class Settings(BaseSettings):
         Directory for the embedded store and other service state (created on start).
     store
         Backend of the :class:`~wearemo.store.StateStore`; ``"sqlite"`` is the zero set-up
-        default.
+        default. Left unset, setting ``influx_url`` alone selects ``"influx"``.
     sqlite_path
         SQLite database file; defaults to ``data_dir / "wearemo.sqlite3"``.
     model
@@ -67,8 +67,39 @@ class Settings(BaseSettings):
     rate_limit_samples_per_s, rate_limit_sample_burst
         Per client: sustained samples per second (acc triples count once) and the burst; 0
         turns the limit off. Over a limit: HTTP 429 with ``Retry-After``.
+    live_queue_size
+        States a live client (WebSocket or SSE) may leave unread before it is disconnected.
+    live_send_timeout_s
+        Longest a send to one live client may take before it is disconnected.
     host, port
         Where ``wearemo serve`` listens.
+    influx_url
+        Base URL of the InfluxDB server (e.g. ``http://localhost:8086``); see docs/influx.md.
+    influx_write_mode
+        ``"v2"``: writes through ``influxdb-client`` to ``/api/v2/write`` (InfluxDB 2.x, 3.x,
+        Cloud, 1.8+) with ``influx_token``, ``influx_org`` and ``influx_bucket``; ``"v1"``:
+        the same line protocol posted to ``/write`` (InfluxDB 1.x) into ``influx_database``
+        with ``influx_username``/``influx_password``.
+    influx_database
+        InfluxQL database every read goes to (``/query``); in v2 mode it defaults to
+        ``influx_bucket`` (the DBRP mapping InfluxDB 2.x creates for a bucket).
+    influx_buffer_dir, influx_buffer_max_bytes
+        Directory of the on-disk write buffer (default ``data_dir / "influx-buffer"``) and
+        the size at which writes are refused with HTTP 503 and ``Retry-After``.
+    alerts_path
+        The alerts' SQLite file (rules, fired alerts, webhook outbox); defaults to
+        ``data_dir / "alerts.sqlite3"``.
+    alert_check_interval_s
+        How often ``no_data`` rules are checked, seconds.
+    webhook_timeout_s
+        Timeout of one webhook attempt, seconds.
+    webhook_max_attempts
+        Attempts per delivery (first try included) before it is marked failed.
+    webhook_backoff_s, webhook_backoff_max_s
+        First retry delay and its cap (doubling per attempt, with jitter), seconds.
+    log_format, log_level
+        ``json`` (one object per line, the service default) or ``plain`` (people: CLI, demo),
+        and the level of wearemo's loggers.
     """
 
     model_config = SettingsConfigDict(
@@ -76,7 +107,7 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path("out/data")
-    store: Literal["sqlite"] = "sqlite"
+    store: Literal["sqlite", "influx"] = "sqlite"
     sqlite_path: Path | None = None
     model: str = "default"
     affect_model: str | None = None
@@ -94,8 +125,42 @@ class Settings(BaseSettings):
     rate_limit_request_burst: float = Field(default=200.0, ge=0)
     rate_limit_samples_per_s: float = Field(default=200_000.0, ge=0)
     rate_limit_sample_burst: float = Field(default=2_000_000.0, ge=0)
+    live_queue_size: int = Field(default=256, ge=1, le=100_000)
+    live_send_timeout_s: float = Field(default=10.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    influx_url: str | None = None
+    influx_token: SecretStr | None = None
+    influx_org: str | None = None
+    influx_bucket: str = "wearemo"
+    influx_database: str | None = None
+    influx_username: str | None = None
+    influx_password: SecretStr | None = None
+    influx_write_mode: Literal["v2", "v1"] = "v2"
+    influx_buffer_dir: Path | None = None
+    influx_buffer_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    alerts_path: Path | None = None
+    alert_check_interval_s: float = Field(default=60.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_backoff_s: float = Field(default=5.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+    log_format: Literal["json", "plain"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _influx_url_selects_influx(cls, data: Any) -> Any:
+        # A user who only points WEAREMO_INFLUX_URL at a server means the influx store.
+        if isinstance(data, dict) and data.get("influx_url") and data.get("store") is None:
+            return {**data, "store": "influx"}
+        return data
+
+    @model_validator(mode="after")
+    def _check_influx(self) -> Settings:
+        if self.store == "influx" and not self.influx_url:
+            raise ValueError("influx_url: WEAREMO_STORE=influx needs WEAREMO_INFLUX_URL")
+        return self
 
     @model_validator(mode="after")
     def _check_window(self) -> Settings:
@@ -108,6 +173,18 @@ class Settings(BaseSettings):
         if self.sqlite_path is not None:
             return self.sqlite_path
         return self.data_dir / "wearemo.sqlite3"
+
+    def resolved_influx_buffer_dir(self) -> Path:
+        """The Influx write buffer: ``influx_buffer_dir`` or ``data_dir / "influx-buffer"``."""
+        if self.influx_buffer_dir is not None:
+            return self.influx_buffer_dir
+        return self.data_dir / "influx-buffer"
+
+    def resolved_alerts_path(self) -> Path:
+        """The alerts' SQLite file: ``alerts_path`` or ``data_dir / "alerts.sqlite3"``."""
+        if self.alerts_path is not None:
+            return self.alerts_path
+        return self.data_dir / "alerts.sqlite3"
 
 
 @lru_cache(maxsize=1)

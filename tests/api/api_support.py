@@ -31,10 +31,16 @@ def body(batches: list[SampleBatch]) -> dict[str, list[dict[str, object]]]:
 
 
 @contextmanager
-def serve(settings: Settings) -> Iterator[str]:
-    """Run the app under uvicorn on a free loopback port; yield its base URL."""
+def serve(settings: Settings, *, sndbuf: int | None = None) -> Iterator[str]:
+    """Run the app under uvicorn on a free loopback port; yield its base URL.
+
+    ``sndbuf`` fixes the send buffer of every accepted connection (Linux copies it from the
+    listening socket), e.g. to make a client that stops reading stall the server's sends soon.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))

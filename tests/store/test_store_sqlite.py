@@ -320,3 +320,64 @@ def test_opens_schema_2_file_and_adds_calibrations(tmp_path: Path) -> None:
         assert s.calibration("s1") == calibration()
     with sqlite3.connect(path) as c:
         assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 3
+
+
+# -- privacy: erasure and retention (a contract: tests/store/test_store_influx.py runs these too)
+
+
+def _fill_two_subjects(store: StateStore) -> None:
+    for subject in ("s1", "s2"):
+        for i in range(4):  # 1-s ppg batches at T0 + 0..3 s
+            assert store.add_batch(ppg(i, subject=subject))
+        store.add_batch(SampleBatch(batch_id="rr0", subject_id=subject, device_id="d1",
+                                    channel="rr", start_ns=T0, timestamps_ns=[T0, T0 + 3 * S],
+                                    values=[800.0, 810.0]))
+        store.add_windows([window(e, subject=subject) for e in (1, 2, 3)])
+        store.add_states([state(e, "stress", subject=subject) for e in (1, 2, 3)])
+        store.set_calibration(calibration(subject, start_s=-400))
+
+
+def test_erase_subject_removes_everything_and_only_it(store: StateStore) -> None:
+    _fill_two_subjects(store)
+    before_s2 = store.subject_summary("s2")
+    counts = store.erase_subject("s1")
+    assert counts == {"samples": 4 * 64 + 2, "batches": 5, "windows": 3, "states": 3,
+                      "calibrations": 1}
+    # queried afterwards: nothing of s1 remains anywhere
+    assert store.subject_ids() == ["s2"] and not store.has_subject("s1")
+    assert store.subject_summary("s1") is None
+    assert store.samples("s1", Channel.PPG).n_samples == 0
+    assert store.samples("s1", Channel.RR).n_samples == 0
+    assert store.batches("s1") == [] and store.windows("s1") == [] and store.states("s1") == []
+    assert store.latest_state("s1") is None and store.calibration("s1") is None
+    assert not store.has_batch("s1", "d1:ppg:0") and store.last_sample_ns("s1", Channel.PPG) is None
+    # the other subject is intact
+    assert store.subject_summary("s2") == before_s2
+    assert store.calibration("s2") == calibration("s2", start_s=-400)
+    # an erased batch id may be sent again (the subject starts afresh)
+    assert store.add_batch(ppg(0, subject="s1")) is True
+    assert store.erase_subject("nobody") == dict.fromkeys(counts, 0)
+
+
+def test_delete_before_keeps_newer_data_and_whole_straddling_batches(store: StateStore) -> None:
+    _fill_two_subjects(store)
+    cutoff = T0 + 2 * S + S // 2  # inside ppg batch 2 (T0+2 s .. T0+3 s)
+    counts = store.delete_before(cutoff)
+    # per subject: ppg batches 0 and 1 end before the cutoff; rr0 reaches past it (kept whole);
+    # windows/states ending at 1 and 2 s; the calibration period ended long before
+    assert counts == {"samples": 2 * 2 * 64, "batches": 2 * 2, "windows": 2 * 2,
+                      "states": 2 * 2, "calibrations": 2}
+    for subject in ("s1", "s2"):
+        got = store.samples(subject, Channel.PPG)
+        want = np.concatenate([ppg(i, subject=subject).times_ns() for i in (2, 3)])
+        np.testing.assert_array_equal(got.times_ns, want)  # batch 2 kept whole
+        assert [b.batch_id for b in store.batches(subject)] == ["rr0", "d1:ppg:2", "d1:ppg:3"]
+        assert store.samples(subject, Channel.RR).values.tolist() == [800.0, 810.0]
+        assert [w.end_ns for w in store.windows(subject)] == [T0 + 3 * S]
+        assert [s.window_end_ns for s in store.states(subject)] == [T0 + 3 * S]
+        assert store.calibration(subject) is None
+        summary = store.subject_summary(subject)
+        assert summary is not None and summary.samples == {"ppg": 128, "rr": 2}
+        assert summary.batches == 3 and summary.first_sample_ns == T0
+        assert not store.has_batch(subject, "d1:ppg:0") and store.has_batch(subject, "d1:ppg:2")
+    assert store.delete_before(cutoff) == dict.fromkeys(counts, 0)  # idempotent

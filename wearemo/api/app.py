@@ -12,6 +12,8 @@ Example
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -22,15 +24,29 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
+from wearemo.alerts import AlertDB, AlertEngine, Dispatcher, RetryPolicy
 from wearemo.api.deps import AppState, Resources
-from wearemo.api.errors import on_validation_error
+from wearemo.api.errors import on_store_unavailable, on_validation_error
 from wearemo.api.limits import BodySizeLimit, RateLimiter
-from wearemo.api.routes import health, ingest, subjects
+from wearemo.api.live import LiveHub
+from wearemo.api.observe import RequestObserver
+from wearemo.api.routes import (
+    alerts,
+    export,
+    health,
+    ingest,
+    interop,
+    live,
+    ops,
+    series,
+    subjects,
+)
 from wearemo.features import WindowConfig
+from wearemo.metrics import ALERTS_FIRED, WEBHOOK_DELIVERIES
 from wearemo.model import load_model
 from wearemo.pipeline import Pipeline
 from wearemo.settings import Settings, get_settings
-from wearemo.store import open_store
+from wearemo.store import StoreUnavailableError, open_store
 
 __all__ = ["create_app"]
 
@@ -87,7 +103,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pipeline = Pipeline(store, model, config=window, extra=extra, mode=cfg.processing,
                             workers=cfg.processing_workers,
                             max_pending_samples=cfg.max_pending_samples)
-        # Batches a crash left unprocessed are queued here (and processed in the background).
+        alert_db = await run_in_threadpool(AlertDB, cfg.resolved_alerts_path())
+        dispatcher = Dispatcher(
+            alert_db,
+            policy=RetryPolicy(base_s=cfg.webhook_backoff_s, cap_s=cfg.webhook_backoff_max_s,
+                               max_attempts=cfg.webhook_max_attempts),
+            timeout_s=cfg.webhook_timeout_s,
+            on_outcome=lambda outcome: WEBHOOK_DELIVERIES.labels(outcome=outcome).inc(),
+        )
+        engine = AlertEngine(
+            alert_db, store, check_interval_s=cfg.alert_check_interval_s,
+            on_change=dispatcher.wake, on_fired=lambda kind: ALERTS_FIRED.labels(kind=kind).inc(),
+        )
+        unsubscribe_alerts = pipeline.subscribe(engine.submit)
+        hub = LiveHub(queue_size=cfg.live_queue_size)
+        hub.bind(asyncio.get_running_loop())
+        unsubscribe_live = pipeline.subscribe(hub.publish)
+        engine.start()
+        delivering = asyncio.create_task(dispatcher.run(), name="wearemo-webhooks")
+        # Batches a crash left unprocessed are queued here (and processed in the background);
+        # after the listeners subscribed, so their states reach alerts and live streams.
         await run_in_threadpool(pipeline.start)
         limiter = RateLimiter(
             requests_per_s=cfg.rate_limit_requests_per_s,
@@ -103,9 +138,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  model.version, cfg.processing)
         try:
             yield {"resources": Resources(settings=cfg, store=store, model=model,
-                                          pipeline=pipeline, limiter=limiter)}
+                                          pipeline=pipeline, limiter=limiter, live=hub),
+                   "alerts": engine}
         finally:
             await run_in_threadpool(pipeline.close)
+            unsubscribe_live()
+            unsubscribe_alerts()
+            await run_in_threadpool(engine.stop)
+            delivering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await delivering
+            alert_db.close()
             store.close()
 
     app = FastAPI(
@@ -115,9 +158,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StoreUnavailableError, on_store_unavailable)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_request_bytes)
+    app.add_middleware(RequestObserver)  # added last: outermost, sees every answer
     app.include_router(health.router)
+    app.include_router(ops.router)
     app.include_router(ingest.router)
     app.include_router(subjects.router)
+    app.include_router(series.router)
+    app.include_router(export.router)
+    app.include_router(live.router)
+    app.include_router(interop.router)
+    app.include_router(alerts.router)
     ingest.document_bodies(app)
     return app

@@ -14,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, TypedDict
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, HTTPException, Path
 from starlette.requests import HTTPConnection
 
+from wearemo.alerts import AlertEngine
 from wearemo.api.limits import RateLimiter
+from wearemo.api.live import LiveHub
 from wearemo.model import StressModel
 from wearemo.pipeline import Pipeline
 from wearemo.samples import ID_PATTERN
@@ -25,15 +27,18 @@ from wearemo.settings import Settings
 from wearemo.store import StateStore
 
 __all__ = [
+    "AlertsDep",
     "AppState",
     "KnownSubject",
     "LimiterDep",
+    "LiveDep",
     "ModelDep",
     "PipelineDep",
     "Resources",
     "SettingsDep",
     "StoreDep",
     "SubjectId",
+    "get_live",
     "get_pipeline",
     "get_resources",
     "get_settings",
@@ -51,41 +56,43 @@ class Resources:
     model: StressModel
     pipeline: Pipeline
     limiter: RateLimiter
+    live: LiveHub
 
 
 class AppState(TypedDict):
     """What the lifespan yields (Starlette copies it into each ``request.state``)."""
 
     resources: Resources
+    alerts: AlertEngine
 
 
 def get_resources(request: HTTPConnection) -> Resources:
-    """The app's :class:`Resources` (for an HTTP request or a WebSocket)."""
+    """The app's :class:`Resources` (for HTTP requests and WebSockets alike)."""
     resources: Resources = request.state.resources
     return resources
 
 
-def get_settings(request: Request) -> Settings:
+def get_settings(request: HTTPConnection) -> Settings:
     """The app's settings."""
     return get_resources(request).settings
 
 
-def get_store(request: Request) -> StateStore:
+def get_store(request: HTTPConnection) -> StateStore:
     """The app's store."""
     return get_resources(request).store
 
 
-def get_model(request: Request) -> StressModel:
+def get_model(request: HTTPConnection) -> StressModel:
     """The app's model."""
     return get_resources(request).model
 
 
-def get_pipeline(request: Request) -> Pipeline:
+def get_pipeline(request: HTTPConnection) -> Pipeline:
     """The app's streaming pipeline."""
     return get_resources(request).pipeline
 
 
-def get_limiter(request: Request) -> RateLimiter:
+def get_limiter(request: HTTPConnection) -> RateLimiter:
     """The app's per-client rate limiter."""
     return get_resources(request).limiter
 
@@ -104,6 +111,15 @@ def rate_limit_key(request: HTTPConnection) -> str:
     """
     client = request.client
     return f"addr:{client.host if client is not None else 'unknown'}"
+def get_live(request: HTTPConnection) -> LiveHub:
+    """The app's live state fan-out."""
+    return get_resources(request).live
+
+
+def get_alerts(request: HTTPConnection) -> AlertEngine:
+    """The app's alert engine (rules, alerts, deliveries)."""
+    engine: AlertEngine = request.state.alerts
+    return engine
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -111,6 +127,8 @@ LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 StoreDep = Annotated[StateStore, Depends(get_store)]
 ModelDep = Annotated[StressModel, Depends(get_model)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+LiveDep = Annotated[LiveHub, Depends(get_live)]
+AlertsDep = Annotated[AlertEngine, Depends(get_alerts)]
 
 #: A subject id in the path: validated against the pseudonymous-id pattern (else 422).
 SubjectId = Annotated[

@@ -27,8 +27,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from wearemo.samples import SampleBatch
+from wearemo.store.base import StoreUnavailableError
 
-__all__ = ["on_validation_error", "validation_issues"]
+__all__ = ["on_store_unavailable", "on_validation_error", "validation_issues"]
 
 _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
 _FIELD_PREFIX = re.compile(r"^(?P<name>[a-z_]+)(?:\[(?P<index>\d+)\])?(?=[: ])")
@@ -126,3 +127,18 @@ async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     """Exception handler: HTTP 422 with :func:`validation_issues`."""
     assert isinstance(exc, RequestValidationError)
     return JSONResponse(status_code=422, content={"detail": validation_issues(exc.errors())})
+
+
+async def on_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Exception handler: HTTP 503 with ``Retry-After`` when the store cannot take a call now.
+
+    Raised by a full write buffer (backpressure) or an unreachable database; batches of the
+    request before the refused one stay stored, the refused one and later ones are not, so
+    the client retries the request after ``Retry-After`` seconds (duplicates are recognised).
+    """
+    assert isinstance(exc, StoreUnavailableError)
+    return JSONResponse(
+        status_code=503,
+        headers={"Retry-After": str(exc.retry_after_s)},
+        content={"detail": f"store unavailable: {exc}"},
+    )

@@ -9,12 +9,12 @@ Example
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from wearemo.model.state import StateEstimate
-from wearemo.samples import SampleBatch
+from wearemo.samples import Channel, SampleBatch
 from wearemo.store.base import SubjectSummary
 
 __all__ = [
@@ -24,11 +24,14 @@ __all__ = [
     "ConflictDetail",
     "ConflictResponse",
     "ErrorResponse",
+    "FeatureWindowOut",
     "HealthResponse",
     "IngestRequest",
     "IngestResponse",
+    "OmhDataPoint",
     "ProcessingLagResponse",
     "ReadyResponse",
+    "SampleSeries",
     "StateEstimate",
     "SubjectSummary",
     "ValidationIssue",
@@ -212,3 +215,45 @@ class BaselineResponse(BaseModel):
     warmup: WarmupProgress | None = Field(
         None, description="Warm-up progress, while the baseline is not ready."
     )
+
+
+class FeatureWindowOut(BaseModel):
+    """One stored feature window (``GET /v1/subjects/{subject_id}/features``).
+
+    Feature names carry their unit (``hr_mean_bpm``, ``hrv_sdnn_ms``; see ``docs/features.md``);
+    a feature that could not be computed is ``null`` or absent, never a made-up number.
+    """
+
+    subject_id: str
+    start_ns: int = Field(description="Window start, unix ns.")
+    end_ns: int = Field(description="Window end, unix ns (windows are stamped here).")
+    features: dict[str, float | None]
+    sample_counts: dict[str, int] = Field(description="Channel -> samples inside the window.")
+    coverage: dict[str, float] = Field(description="Channel -> fraction of the window covered.")
+    quality: dict[str, float] = Field(description="Signal quality indices (0..1).")
+    motion: bool = Field(description="Accelerometer activity high enough to gate the window.")
+    beat_source: str = Field(description="'rr' (device), 'ppg' (derived) or 'none'.")
+    n_beats: int = Field(description="Beat intervals used for HRV.")
+    methods: dict[str, str] = Field(description="Stage -> method name, and library versions.")
+    reasons: dict[str, str] = Field(description="Feature group -> why its features are absent.")
+
+
+class SampleSeries(BaseModel):
+    """Raw samples of one channel (``GET /v1/subjects/{subject_id}/samples``), time-ordered."""
+
+    subject_id: str
+    channel: Channel
+    unit: str = Field(description="Unit of the values (the channel's canonical unit).")
+    times_ns: list[int] = Field(description="Sample times, unix ns, strictly increasing.")
+    values: list[float] | list[list[float]] = Field(
+        description="One value per time; [x, y, z] triples for 'acc'."
+    )
+
+
+class OmhDataPoint(BaseModel):
+    """An Open mHealth data point (``omh:data-point:1.0``): a header and a body that follows
+    the schema the header's ``schema_id`` names (``omh:heart-rate:2.0``,
+    ``omh:rr-interval:1.0``)."""
+
+    header: dict[str, Any]
+    body: dict[str, Any]

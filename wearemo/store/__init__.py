@@ -11,15 +11,21 @@ from wearemo.settings import Settings
 from wearemo.store.base import (
     BatchConflictError,
     StateStore,
+    StoreBackpressureError,
+    StoreUnavailableError,
     SubjectSummary,
     batch_digest,
 )
+from wearemo.store.influx import InfluxStore
 from wearemo.store.sqlite import SQLiteStore
 
 __all__ = [
     "BatchConflictError",
+    "InfluxStore",
     "SQLiteStore",
     "StateStore",
+    "StoreBackpressureError",
+    "StoreUnavailableError",
     "SubjectSummary",
     "batch_digest",
     "open_store",
@@ -32,7 +38,8 @@ def open_store(settings: Settings) -> StateStore:
     Parameters
     ----------
     settings
-        Service settings; ``store="sqlite"`` opens ``settings.resolved_sqlite_path()``.
+        Service settings; ``store="sqlite"`` opens ``settings.resolved_sqlite_path()``,
+        ``store="influx"`` an :class:`InfluxStore` on ``settings.influx_url`` (docs/influx.md).
 
     Example
     -------
@@ -41,4 +48,20 @@ def open_store(settings: Settings) -> StateStore:
     """
     if settings.store == "sqlite":
         return SQLiteStore(settings.resolved_sqlite_path())
-    raise ValueError(f"unknown store {settings.store!r}; options: 'sqlite'")
+    if settings.store == "influx":
+        assert settings.influx_url is not None  # Settings refuses store="influx" without it
+        secret = settings.influx_token or None
+        password = settings.influx_password or None
+        return InfluxStore(
+            settings.influx_url,
+            write_mode=settings.influx_write_mode,
+            database=settings.influx_database,
+            bucket=settings.influx_bucket,
+            org=settings.influx_org,
+            token=None if secret is None else secret.get_secret_value(),
+            username=settings.influx_username,
+            password=None if password is None else password.get_secret_value(),
+            buffer_dir=settings.resolved_influx_buffer_dir(),
+            buffer_max_bytes=settings.influx_buffer_max_bytes,
+        )
+    raise ValueError(f"unknown store {settings.store!r}; options: 'sqlite', 'influx'")

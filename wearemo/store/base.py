@@ -17,6 +17,7 @@ Example
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -29,20 +30,49 @@ from wearemo.model.state import StateEstimate
 from wearemo.samples import Channel, ChannelSamples, SampleBatch
 
 __all__ = [
+    "ERASE_KINDS",
     "BatchConflictError",
     "Calibration",
     "ProcessingCursor",
     "QueuedBatch",
     "StateStore",
+    "StoreBackpressureError",
+    "StoreUnavailableError",
     "SubjectSummary",
     "batch_digest",
     "digest_arrays",
+    "window_from_json",
+    "window_to_json",
 ]
 
 
 class BatchConflictError(ValueError):
     """A batch id was re-sent with different content (a client bug, never silently merged)."""
 
+
+class StoreUnavailableError(RuntimeError):
+    """The backend cannot take or answer this call now; retrying after ``retry_after_s`` may work.
+
+    The API answers it with HTTP 503 and a ``Retry-After`` header. Nothing of the call was
+    stored (a write either lands in full or not at all).
+
+    Example
+    -------
+    >>> StoreUnavailableError("influx down", retry_after_s=5).retry_after_s
+    5
+    """
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StoreBackpressureError(StoreUnavailableError):
+    """The store's bounded write buffer is full: the write was refused, not dropped."""
+
+
+#: Kinds of record counted by :meth:`StateStore.erase_subject` and :meth:`StateStore.delete_before`.
+ERASE_KINDS = ("samples", "batches", "windows", "states", "calibrations")
 
 
 class Calibration(BaseModel):
@@ -319,6 +349,22 @@ class StateStore(Protocol):
         """The subject's latest calibration period, or ``None``."""
         ...
 
+    def erase_subject(self, subject_id: str) -> dict[str, int]:
+        """Delete everything stored of one subject; counts removed per kind (``ERASE_KINDS``).
+
+        Samples, batches (so their ids may be sent again), windows, states and calibrations.
+        """
+        ...
+
+    def delete_before(self, cutoff_ns: int) -> dict[str, int]:
+        """Retention: remove data older than ``cutoff_ns``; counts removed per kind.
+
+        Batches whose last sample is before the cutoff (with their samples; a batch reaching
+        past the cutoff is kept whole), windows and states whose window ends before it, and
+        calibrations whose period ends before it.
+        """
+        ...
+
     def ping(self) -> bool:
         """``True`` when the backend answers."""
         ...
@@ -326,3 +372,49 @@ class StateStore(Protocol):
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
         ...
+
+
+def window_to_json(window: FeatureWindow) -> str:
+    """The variable parts of a window as JSON (NaN features kept as ``NaN``), for any backend.
+
+    Example
+    -------
+    >>> w = FeatureWindow(subject_id="s", start_ns=0, end_ns=60, features={"x": float("nan")},
+    ...                   sample_counts={}, coverage={}, quality={}, motion=False,
+    ...                   beat_source="none", n_beats=0, methods={})
+    >>> window_from_json("s", 0, 60, window_to_json(w)).features
+    {'x': nan}
+    """
+    w = window
+    return json.dumps(
+        {
+            "features": w.features,
+            "sample_counts": w.sample_counts,
+            "coverage": w.coverage,
+            "quality": w.quality,
+            "motion": w.motion,
+            "beat_source": w.beat_source,
+            "n_beats": w.n_beats,
+            "methods": w.methods,
+            "reasons": w.reasons,
+        }
+    )
+
+
+def window_from_json(subject_id: str, start_ns: int, end_ns: int, body: str) -> FeatureWindow:
+    """Rebuild a :class:`FeatureWindow` from :func:`window_to_json` and its key."""
+    d = json.loads(body)
+    return FeatureWindow(
+        subject_id=subject_id,
+        start_ns=int(start_ns),
+        end_ns=int(end_ns),
+        features={k: float(v) for k, v in d["features"].items()},
+        sample_counts={k: int(v) for k, v in d["sample_counts"].items()},
+        coverage={k: float(v) for k, v in d["coverage"].items()},
+        quality={k: float(v) for k, v in d["quality"].items()},
+        motion=bool(d["motion"]),
+        beat_source=str(d["beat_source"]),
+        n_beats=int(d["n_beats"]),
+        methods={k: str(v) for k, v in d["methods"].items()},
+        reasons={k: str(v) for k, v in d.get("reasons", {}).items()},
+    )

@@ -59,12 +59,15 @@ from wearemo.features.window import FeatureWindow
 from wearemo.model.state import StateEstimate
 from wearemo.samples import CHANNEL_AXES, CHANNEL_UNITS, Channel, ChannelSamples, SampleBatch
 from wearemo.store.base import (
+    ERASE_KINDS,
     BatchConflictError,
     Calibration,
     ProcessingCursor,
     QueuedBatch,
     SubjectSummary,
     digest_arrays,
+    window_from_json,
+    window_to_json,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -190,6 +193,10 @@ class SQLiteStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        self._file_id: tuple[int, int] | None = None
+        if isinstance(self.path, Path):
+            st = self.path.stat()  # exists now: the PRAGMAs above created it
+            self._file_id = (st.st_dev, st.st_ino)
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             self._conn.close()
@@ -522,19 +529,7 @@ class SQLiteStore:
                 w.subject_id,
                 w.start_ns,
                 w.end_ns,
-                json.dumps(
-                    {
-                        "features": w.features,
-                        "sample_counts": w.sample_counts,
-                        "coverage": w.coverage,
-                        "quality": w.quality,
-                        "motion": w.motion,
-                        "beat_source": w.beat_source,
-                        "n_beats": w.n_beats,
-                        "methods": w.methods,
-                        "reasons": w.reasons,
-                    }
-                ),
+                window_to_json(w),
             )
             for w in windows
         ]
@@ -562,26 +557,7 @@ class SQLiteStore:
                 + " ORDER BY end_ns LIMIT ?",
                 [subject_id, *args, int(limit)],
             ).fetchall()
-        out = []
-        for subject, w_start, w_end, body in rows:
-            d = json.loads(body)
-            out.append(
-                FeatureWindow(
-                    subject_id=subject,
-                    start_ns=w_start,
-                    end_ns=w_end,
-                    features={k: float(v) for k, v in d["features"].items()},
-                    sample_counts={k: int(v) for k, v in d["sample_counts"].items()},
-                    coverage={k: float(v) for k, v in d["coverage"].items()},
-                    quality={k: float(v) for k, v in d["quality"].items()},
-                    motion=bool(d["motion"]),
-                    beat_source=str(d["beat_source"]),
-                    n_beats=int(d["n_beats"]),
-                    methods={k: str(v) for k, v in d["methods"].items()},
-                    reasons={k: str(v) for k, v in d.get("reasons", {}).items()},
-                )
-            )
-        return out
+        return [window_from_json(*row) for row in rows]
 
     # -- states -----------------------------------------------------------------------------
 
@@ -725,6 +701,86 @@ class SQLiteStore:
             last_state=last,
         )
 
+    # -- privacy: erasure and retention ------------------------------------------------------
+
+    def erase_subject(self, subject_id: str) -> dict[str, int]:
+        """Delete every record of one subject in one transaction; counts removed per kind.
+
+        Example
+        -------
+        >>> s = SQLiteStore(":memory:")
+        >>> _ = s.add_batch(SampleBatch(batch_id="b", subject_id="s1", device_id="d",
+        ...                             channel="hr", start_ns=0, rate_hz=1.0, values=[60.0]))
+        >>> s.erase_subject("s1"), s.has_subject("s1")
+        ({'samples': 1, 'batches': 1, 'windows': 0, 'states': 0, 'calibrations': 0}, False)
+        """
+        where = "WHERE subject_id = ?"
+        return self._delete_counted(
+            {
+                "batches": (where, (subject_id,)),
+                "windows": (where, (subject_id,)),
+                "states": (where, (subject_id,)),
+                "calibrations": (where, (subject_id,)),
+                "channels": (where, (subject_id,)),
+                "processing": (where, (subject_id,)),
+            }
+        )
+
+    def delete_before(self, cutoff_ns: int) -> dict[str, int]:
+        """Retention: drop batches ending, windows/states/calibrations ending, before a cutoff.
+
+        A batch reaching past the cutoff is kept whole (its samples and digest stay intact);
+        the per-channel counts are rebuilt from what remains.
+
+        Example
+        -------
+        >>> SQLiteStore(":memory:").delete_before(10**18)["samples"]
+        0
+        """
+        cut = (int(cutoff_ns),)
+        return self._delete_counted(
+            {
+                "batches": ("WHERE end_ns < ?", cut),
+                "windows": ("WHERE end_ns < ?", cut),
+                "states": ("WHERE window_end_ns < ?", cut),
+                "calibrations": ("WHERE end_ns < ?", cut),
+            },
+            rebuild_channels=True,
+        )
+
+    def _delete_counted(
+        self,
+        plan: dict[str, tuple[str, tuple[object, ...]]],
+        *,
+        rebuild_channels: bool = False,
+    ) -> dict[str, int]:
+        counts = dict.fromkeys(ERASE_KINDS, 0)
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                where, args = plan["batches"]
+                n_batches, n_samples = self._conn.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(n_samples), 0) FROM batches {where}", args
+                ).fetchone()
+                counts["batches"], counts["samples"] = int(n_batches), int(n_samples)
+                for table, (where, args) in plan.items():
+                    n = self._conn.execute(f"DELETE FROM {table} {where}", args).rowcount
+                    if table in counts and table != "batches":
+                        counts[table] = int(n)
+                if rebuild_channels:
+                    # the running counts must describe what is left, not what was ever stored
+                    self._conn.execute("DELETE FROM channels")
+                    self._conn.execute(
+                        "INSERT INTO channels SELECT subject_id, channel, COUNT(*), "
+                        "SUM(n_samples), MIN(start_ns), MAX(end_ns) FROM batches "
+                        "GROUP BY subject_id, channel"
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return counts
+
     # -- housekeeping -----------------------------------------------------------------------
 
     def journal_mode(self) -> str:
@@ -733,11 +789,20 @@ class SQLiteStore:
             return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0])
 
     def ping(self) -> bool:
-        """``True`` when the database answers a query."""
+        """``True`` when the database answers a query and its path is still the open file.
+
+        SQLite keeps writing to a file that was deleted or replaced under it (a removed data
+        directory, an unmounted volume), and everything written then is lost at the next start;
+        so the file's identity is checked, not just that the connection answers.
+        """
         try:
             with self._lock:
-                self._conn.execute("SELECT 1").fetchone()
-        except sqlite3.Error:
+                self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if isinstance(self.path, Path) and self._file_id is not None:
+                st = self.path.stat()
+                if (st.st_dev, st.st_ino) != self._file_id:
+                    return False
+        except (sqlite3.Error, OSError):
             return False
         return True
 

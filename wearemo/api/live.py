@@ -1,0 +1,177 @@
+"""Live state fan-out: the pipeline's new states to WebSocket and Server-Sent Events clients.
+
+:class:`LiveHub` subscribes once to ``Pipeline.subscribe``. The pipeline calls it on an
+ingest worker thread right after states are stored; the hub only
+hands them to the event loop (``call_soon_threadsafe``), so ingest never waits for a client.
+On the loop each state goes into the bounded queue of every :class:`LiveSubscription` of its
+subject. A client that lets its queue fill up (it reads slower than states arrive) is cut off:
+its subscription is marked overflowed and its queue is drained, so the endpoint serving it ends
+the connection with a close reason (:data:`SLOW_CLIENT_REASON`) instead of buffering without
+bound or holding the ingest back.
+
+Example
+-------
+>>> import asyncio
+>>> async def demo() -> str:
+...     hub = LiveHub(queue_size=2)
+...     hub.bind(asyncio.get_running_loop())
+...     with hub.subscribe(["s1"]) as sub:
+...         hub.publish([StateEstimate(subject_id="s1", window_start_ns=0, window_end_ns=5,
+...                                    state="withheld", reason="warm-up", model_version="m")])
+...         await asyncio.sleep(0)  # the hand-over runs on the loop
+...         return (await sub.get()).reason
+>>> asyncio.run(demo())
+'warm-up'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+
+from wearemo.model.state import StateEstimate
+
+__all__ = ["SLOW_CLIENT_REASON", "LiveHub", "LiveSubscription", "SlowClientError"]
+
+log = logging.getLogger(__name__)
+
+#: Close reason sent to a client whose queue overflowed (fits a WebSocket close frame).
+SLOW_CLIENT_REASON = "client too slow: {n} states queued unread; reconnect to resume"
+
+
+class SlowClientError(RuntimeError):
+    """The subscription's queue overflowed; the client must be disconnected."""
+
+
+class LiveSubscription:
+    """One client's view of the live states of a set of subjects, with a bounded queue.
+
+    Created by :meth:`LiveHub.subscribe`; use it as a context manager so it is always removed.
+    """
+
+    def __init__(self, hub: LiveHub, subject_ids: frozenset[str], queue_size: int) -> None:
+        self.subject_ids = subject_ids
+        self.queue_size = queue_size
+        self.overflowed = False
+        self._hub = hub
+        self._queue: asyncio.Queue[StateEstimate | None] = asyncio.Queue(queue_size + 1)
+
+    def offer(self, state: StateEstimate) -> None:
+        """Queue a state (event loop only); on overflow, mark the client slow and wake it."""
+        if self.overflowed:
+            return
+        if self._queue.qsize() >= self.queue_size:
+            self.overflowed = True
+            # Drop what is queued: the client is being cut off and will replay from the store
+            # when it reconnects; the sentinel wakes a reader blocked in get().
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(None)
+            return
+        self._queue.put_nowait(state)
+
+    async def get(self) -> StateEstimate:
+        """The next state, oldest first; :class:`SlowClientError` once the queue overflowed."""
+        state = await self._queue.get()
+        if state is None or self.overflowed:
+            raise SlowClientError(SLOW_CLIENT_REASON.format(n=self.queue_size))
+        return state
+
+    def close(self) -> None:
+        """Stop receiving states."""
+        self._hub._remove(self)
+
+    def __enter__(self) -> LiveSubscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LiveHub:
+    """Fans new states out to live subscribers; never blocks the thread that publishes.
+
+    Parameters
+    ----------
+    queue_size
+        States a client may have queued unread before it is disconnected.
+
+    Example
+    -------
+    >>> hub = LiveHub(queue_size=64)
+    >>> hub.subscribers
+    0
+    """
+
+    def __init__(self, *, queue_size: int = 256) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        self.queue_size = queue_size
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._by_subject: dict[str, set[LiveSubscription]] = {}
+        self._lock = threading.Lock()  # guards _by_subject against publish on worker threads
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Deliver on ``loop`` (the server's event loop; call from the lifespan)."""
+        self._loop = loop
+
+    @property
+    def subscribers(self) -> int:
+        """Live subscriptions now open."""
+        with self._lock:
+            return len({s for subs in self._by_subject.values() for s in subs})
+
+    def subscribe(self, subject_ids: Iterable[str]) -> LiveSubscription:
+        """Start receiving the states of ``subject_ids`` (call on the event loop).
+
+        Example
+        -------
+        >>> hub = LiveHub()
+        >>> with hub.subscribe(["a", "b"]) as sub:  # doctest: +SKIP
+        ...     state = await sub.get()
+        """
+        sub = LiveSubscription(self, frozenset(subject_ids), self.queue_size)
+        with self._lock:
+            for sid in sub.subject_ids:
+                self._by_subject.setdefault(sid, set()).add(sub)
+        return sub
+
+    def publish(self, states: Sequence[StateEstimate]) -> None:
+        """Pipeline listener: hand newly stored states to the event loop (any thread).
+
+        Returns at once; states with no subscriber are not even handed over.
+        """
+        loop = self._loop
+        if loop is None or not states:
+            return
+        with self._lock:
+            wanted = [s for s in states if s.subject_id in self._by_subject]
+        if wanted:
+            try:
+                loop.call_soon_threadsafe(self._deliver, wanted)
+            except RuntimeError:  # loop closed: the server is shutting down
+                log.debug("live hub: event loop closed, %d states not delivered", len(wanted))
+
+    def _deliver(self, states: list[StateEstimate]) -> None:
+        for state in states:
+            with self._lock:
+                subs = list(self._by_subject.get(state.subject_id, ()))
+            for sub in subs:
+                sub.offer(state)
+
+    def _remove(self, sub: LiveSubscription) -> None:
+        with self._lock:
+            for sid in sub.subject_ids:
+                subs = self._by_subject.get(sid)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del self._by_subject[sid]
