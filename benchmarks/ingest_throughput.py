@@ -1,20 +1,32 @@
-"""End-to-end ingest speed: the streaming pipeline in process vs. through the HTTP API.
+"""Ingest throughput over loopback HTTP: inline vs background processing, side by side.
 
-Replays the shipped real excerpt (17 min of E4 PPG/EDA/TEMP/ACC/HR/IBI) as 1-s batches, the
-way the bridge uploads them, for ``--subjects`` subjects: once straight into
-``Pipeline.ingest`` (SQLite store, features, model) and once as JSON ``POST /v1/ingest``
-requests of ``--per-request`` batches to ``wearemo serve`` on loopback (a separate process).
-Both runs are in the same invocation, so the ratio is comparable on a noisy machine. The last
-line printed is JSON.
+Many simulated wearers (copies of the shipped real excerpt, 17 min of E4 PPG/EDA/TEMP/ACC/
+HR/IBI each, as different subjects) upload ``--chunk-s`` batches, ``--per-request`` batches
+per ``POST /v1/ingest``, in ``--form`` msgpack (float32 raw arrays, what a watch sends) or
+JSON, from ``--clients`` concurrent connections, to ``wearemo serve`` (a separate process) on
+loopback. The same uploads run twice in one invocation:
+
+* ``inline``: each request is answered after features and model ran on it;
+* ``background``: each request is answered once durably stored (one SQLite transaction), and
+  the worker processes windows and states from the store's queue.
+
+Per mode it reports *accepted* samples/s (wall time of the uploads), samples per second of the
+server process's CPU time (``per_server_core``: the "per core" figure), p50/p99 request latency,
+and *processed* samples/s (wall time until every state is stored). Accepted throughput is how
+fast the service takes data in; processed throughput, features and the model on every 5-s
+window, is its sustainable capacity: beyond it the background queue grows until the backpressure
+bound (503). Rate limits are off for the run. The last line printed is JSON.
 
 Usage::
 
-    .venv/bin/python benchmarks/ingest_throughput.py [--subjects 2] [--per-request 20]
+    .venv/bin/python benchmarks/ingest_throughput.py [--subjects 8] [--chunk-s 10]
+        [--per-request 60] [--clients 4] [--form msgpack|json] [--modes inline,background]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
@@ -23,45 +35,95 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import msgpack
+import numpy as np
+import psutil
 
 from wearemo.batch import DEFAULT_EXCERPT
 from wearemo.datasets import load_recording
-from wearemo.model import load_model
-from wearemo.pipeline import Pipeline
 from wearemo.samples import SampleBatch
-from wearemo.store import SQLiteStore
 
 
-def _batches(n_subjects: int) -> list[SampleBatch]:
-    rec = load_recording(DEFAULT_EXCERPT)
-    base = list(rec.iter_batches(chunk_s=1.0))
+def _batches(n_subjects: int, chunk_s: float) -> list[list[SampleBatch]]:
+    """Per subject, its batches in upload order."""
+    base = list(load_recording(DEFAULT_EXCERPT).iter_batches(chunk_s=chunk_s))
+    return [[b.model_copy(update={"subject_id": f"bench-{k:03d}",
+                                  "batch_id": f"bench-{k:03d}:{b.batch_id}"}) for b in base]
+            for k in range(n_subjects)]
+
+
+def _encode(batches: list[SampleBatch], form: str) -> tuple[bytes, str]:
+    if form == "json":
+        raw = {"batches": [b.model_dump(mode="json", exclude_none=True) for b in batches]}
+        return json.dumps(raw).encode(), "application/json"
     out = []
-    for k in range(n_subjects):
-        sid = f"bench-{k:02d}"
-        out += [b.model_copy(update={"subject_id": sid, "batch_id": f"{sid}:{b.batch_id}"})
-                for b in base]
-    out.sort(key=lambda b: b.start_ns)  # subjects interleaved, as concurrent wearables
-    return out
+    for b in batches:
+        d = b.model_dump(mode="json", exclude_none=True)
+        d["values"] = np.asarray(b.values, "<f4").tobytes()
+        d["values_dtype"] = "float32"
+        if b.timestamps_ns is not None:
+            d["timestamps_ns"] = np.asarray(b.timestamps_ns, "<i8").tobytes()
+        out.append(d)
+    return msgpack.packb({"batches": out}), "application/msgpack"
 
 
-def _in_process(batches: list[SampleBatch], folder: Path) -> tuple[float, int]:
-    pipeline = Pipeline(SQLiteStore(folder / "inproc.sqlite3"), load_model())
-    t0 = time.perf_counter()
-    windows = 0
-    for i in range(0, len(batches), 20):
-        windows += pipeline.ingest(batches[i:i + 20]).windows
-    return time.perf_counter() - t0, windows
+def _requests(per_subject: list[list[SampleBatch]], per_request: int, clients: int,
+              form: str) -> list[list[tuple[bytes, str, int]]]:
+    """Bodies per client connection; each wearer's requests stay on one connection, in order."""
+    lanes: list[list[tuple[bytes, str, int]]] = [[] for _ in range(clients)]
+    for k, batches in enumerate(per_subject):
+        for i in range(0, len(batches), per_request):
+            chunk = batches[i:i + per_request]
+            body, ctype = _encode(chunk, form)
+            lanes[k % clients].append((body, ctype, sum(b.n_samples for b in chunk)))
+    return lanes
 
 
-def _over_http(batches: list[SampleBatch], folder: Path, per_request: int) -> tuple[float, int]:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "WEAREMO_DATA_DIR": str(folder / "http")}
+        return int(s.getsockname()[1])
+
+
+async def _upload(
+    url: str, lanes: list[list[tuple[bytes, str, int]]]
+) -> tuple[float, list[float], int]:
+    latencies: list[float] = []
+    busy = 0
+
+    async def lane(items: list[tuple[bytes, str, int]]) -> None:
+        nonlocal busy
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            for body, ctype, _ in items:
+                while True:
+                    t0 = time.perf_counter()
+                    r = await client.post("/v1/ingest", content=body,
+                                          headers={"content-type": ctype})
+                    latencies.append(time.perf_counter() - t0)
+                    if r.status_code == 503:  # backpressure: wait as told
+                        busy += 1
+                        await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+                        continue
+                    r.raise_for_status()
+                    break
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(lane(items) for items in lanes))
+    return time.perf_counter() - t0, latencies, busy
+
+
+def _run(mode: str, lanes: list[list[tuple[bytes, str, int]]], samples: int, folder: Path
+         ) -> dict[str, Any]:
+    port = _free_port()
+    env = {**os.environ, "WEAREMO_DATA_DIR": str(folder / mode), "WEAREMO_PROCESSING": mode,
+           "WEAREMO_RATE_LIMIT_REQUESTS_PER_S": "0", "WEAREMO_RATE_LIMIT_SAMPLES_PER_S": "0",
+           "WEAREMO_MAX_REQUEST_BYTES": str(64 * 1024 * 1024),
+           "WEAREMO_MAX_PENDING_SAMPLES": str(10 * samples)}
     proc = subprocess.Popen([sys.executable, "-m", "wearemo", "serve", "--port", str(port)],
-                            env=env)
+                            env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -70,45 +132,65 @@ def _over_http(batches: list[SampleBatch], folder: Path, per_request: int) -> tu
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        bodies = [
-            json.dumps({"batches": [b.model_dump(mode="json", exclude_none=True)
-                                    for b in batches[i:i + per_request]]})
-            for i in range(0, len(batches), per_request)
-        ]
-        windows = 0
-        with httpx.Client(base_url=url, timeout=120) as client:
-            t0 = time.perf_counter()
-            for body in bodies:
-                r = client.post("/v1/ingest", content=body,
-                                headers={"content-type": "application/json"})
-                r.raise_for_status()
-                windows += r.json()["windows"]
-            return time.perf_counter() - t0, windows
+        server = psutil.Process(proc.pid)
+        cpu0 = server.cpu_times()
+        t0 = time.perf_counter()
+        wall, latencies, busy = asyncio.run(_upload(url, lanes))
+        cpu1 = server.cpu_times()
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while client.get("/v1/ingest/lag").json()["pending_batches"]:
+                time.sleep(0.05)
+            processed_wall = time.perf_counter() - t0
+            lag = client.get("/v1/ingest/lag").json()
+        cpu2 = server.cpu_times()
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        proc.wait(timeout=60)
+    upload_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    total_cpu = (cpu2.user + cpu2.system) - (cpu0.user + cpu0.system)
+    ms = np.asarray(latencies) * 1000
+    return {
+        "accepted_samples_per_s": round(samples / wall),
+        "accepted_samples_per_server_cpu_s": round(samples / upload_cpu),
+        "upload_s": round(wall, 2),
+        "server_cpu_s_during_upload": round(upload_cpu, 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "requests": len(latencies),
+        "refused_503": busy,
+        "processed_samples_per_s": round(samples / processed_wall),
+        "processed_s": round(processed_wall, 2),
+        "processed_samples_per_server_cpu_s": round(samples / total_cpu),
+        "processing_samples_per_s_reported": lag["processing_samples_per_s"]
+        and round(lag["processing_samples_per_s"]),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--subjects", type=int, default=2)
-    ap.add_argument("--per-request", type=int, default=20)
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--subjects", type=int, default=8)
+    ap.add_argument("--chunk-s", type=float, default=10.0)
+    ap.add_argument("--per-request", type=int, default=60)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--form", choices=("msgpack", "json"), default="msgpack")
+    ap.add_argument("--modes", default="inline,background")
     a = ap.parse_args()
-    batches = _batches(a.subjects)
-    samples = sum(b.n_samples for b in batches)
+    per_subject = _batches(a.subjects, a.chunk_s)
+    samples = sum(b.n_samples for batches in per_subject for b in batches)
+    lanes = _requests(per_subject, a.per_request, a.clients, a.form)
+    body_bytes = sum(len(body) for lane in lanes for body, _, _ in lane)
+    out: dict[str, Any] = {
+        "store": "sqlite", "form": a.form, "subjects": a.subjects, "chunk_s": a.chunk_s,
+        "per_request": a.per_request, "clients": a.clients,
+        "batches": sum(len(b) for b in per_subject), "samples": samples,
+        "bytes_per_sample": round(body_bytes / samples, 2),
+        "cpus": os.cpu_count(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        t_in, w_in = _in_process(batches, Path(tmp))
-        t_http, w_http = _over_http(batches, Path(tmp), a.per_request)
-    print(json.dumps({
-        "subjects": a.subjects, "batches": len(batches), "samples": samples,
-        "data_seconds_per_subject": 1020,
-        "in_process": {"s": round(t_in, 2), "samples_per_s": round(samples / t_in),
-                       "windows": w_in, "ms_per_window": round(1000 * t_in / w_in, 2)},
-        "http": {"s": round(t_http, 2), "samples_per_s": round(samples / t_http),
-                 "windows": w_http, "ms_per_window": round(1000 * t_http / w_http, 2)},
-        "http_over_in_process_time": round(t_http / t_in, 2),
-        "realtime_factor_http": round(1020 * a.subjects / t_http, 1),
-    }))
+        for mode in a.modes.split(","):
+            out[mode] = _run(mode, lanes, samples, Path(tmp))
+            print(mode, json.dumps(out[mode]), file=sys.stderr, flush=True)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 """Spool → wearemo API: POST batches to ``/v1/ingest``, ack what was accepted, retry the rest.
 
-Contract with the API (``wearemo.api``): request ``{"batches": [SampleBatch, ...]}``; 200 answers
+Contract with the API (``wearemo.api``): request ``{"batches": [SampleBatch, ...]}``, sent as
+msgpack with raw little-endian ``float64`` value arrays and ``int64`` timestamps (the compact
+form of ``docs/ingest.md``; ``float64`` keeps values bit-exact, so a batch re-sent in either
+form is the same batch); an API that answers 415 to msgpack (older than the compact form) gets
+JSON from then on. 200 answers
 ``{"stored", "duplicates", "results": [{"batch_id", "status": "stored" | "duplicate"}]}``;
 422 carries FastAPI-style issues whose ``loc`` names the batch (``["body", "batches", i, ...]``);
 409 refuses one batch (``detail.batch_id``) and reports which earlier ones were stored.
@@ -41,13 +45,16 @@ True
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+import msgpack
+import numpy as np
 
 from firmware_bridge.spool import Spool
 from wearemo.samples import SampleBatch
@@ -125,6 +132,9 @@ class Uplink:
         The wearemo API key, sent as ``Authorization: Bearer <key>`` (None: no key).
     transport
         Optional httpx transport (tests, proxies); None uses the network.
+    form
+        Body encoding: ``"msgpack"`` (compact; falls back to JSON for good if the API answers
+        415) or ``"json"``.
 
     Example
     -------
@@ -147,6 +157,7 @@ class Uplink:
         headers: Mapping[str, str] | None = None,
         api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        form: Literal["msgpack", "json"] = "msgpack",
     ) -> None:
         if max_batches_per_request < 1:
             raise ValueError(f"max_batches_per_request must be >= 1, got {max_batches_per_request}")
@@ -163,6 +174,7 @@ class Uplink:
         self._api_key = api_key
         self.stats = UplinkStats()
         self._transport = transport
+        self.form: Literal["msgpack", "json"] = form
         self._attempt = 0
         self._wake = asyncio.Event()
 
@@ -258,14 +270,21 @@ class Uplink:
     async def _send(self, client: httpx.AsyncClient, batches: Sequence[SampleBatch]) -> None:
         pending = list(batches)
         while pending:
-            body = {"batches": [b.model_dump(mode="json") for b in pending]}
+            content, ctype = _encode(pending, self.form)
             self.stats.requests += 1
             try:
-                auth = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-                response = await client.post(self.ingest_url, json=body, headers=auth)
+                headers = {"content-type": ctype}
+                if self._api_key:
+                    headers["Authorization"] = f"Bearer {self._api_key}"
+                response = await client.post(self.ingest_url, content=content, headers=headers)
             except httpx.HTTPError as error:  # connection refused, reset, timeout, ...
                 raise _TransientError(f"{type(error).__name__}: {error}") from error
             status = response.status_code
+            if status == 415 and self.form == "msgpack":
+                logger.warning("uplink: %s does not take msgpack (HTTP 415); sending JSON",
+                               self.ingest_url)
+                self.form = "json"
+                continue
             if 200 <= status < 300:
                 self._ack(pending, _json(response))
                 return
@@ -358,6 +377,22 @@ class Uplink:
                      batch_id, status, reason)
         if self.spool.dead_letter(batch_id, reason=reason, status=status):
             self.stats.dead_lettered += 1
+
+
+def _encode(batches: Sequence[SampleBatch], form: str) -> tuple[bytes, str]:
+    """A request body and its content type (see the module docstring)."""
+    if form == "json":
+        body = {"batches": [b.model_dump(mode="json") for b in batches]}
+        return json.dumps(body).encode(), "application/json"
+    out = []
+    for b in batches:
+        d = b.model_dump(mode="json", exclude={"values", "timestamps_ns"}, exclude_none=True)
+        d["values"] = np.ascontiguousarray(b.values_array(), dtype="<f8").tobytes()
+        d["values_dtype"] = "float64"
+        if b.timestamps_ns is not None:
+            d["timestamps_ns"] = np.asarray(b.timestamps_ns, dtype="<i8").tobytes()
+        out.append(d)
+    return msgpack.packb({"batches": out}), "application/msgpack"
 
 
 def _json(response: httpx.Response) -> Any:

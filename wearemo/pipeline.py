@@ -32,10 +32,12 @@ Example
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,14 +53,22 @@ from wearemo.metrics import (
     STORE_WRITE_ERRORS,
 )
 from wearemo.model import StateEstimate, StressModel, SubjectEstimator
-from wearemo.samples import Channel, SampleBatch
+from wearemo.samples import SampleBatch
 from wearemo.store import BatchConflictError, StateStore
-from wearemo.store.base import Calibration
+from wearemo.store.base import (
+    Calibration,
+    ProcessingCursor,
+    StoreBackpressureError,
+    batch_digest,
+)
 
 __all__ = [
     "BaselineStatus",
     "CalibrationError",
     "Pipeline",
+    "PipelineBusyError",
+    "ProcessingLag",
+    "ProcessingMode",
     "StateListener",
     "UnknownSubjectError",
 ]
@@ -68,9 +78,16 @@ StateListener = Callable[[Sequence[StateEstimate]], None]
 
 log = logging.getLogger(__name__)
 
+#: ``inline``: an ingest call returns after its batches are processed (windows and states in
+#: the report); ``background``: it returns once they are durably stored, and worker threads
+#: process them from the store's queue.
+ProcessingMode = Literal["inline", "background"]
+
 _NS = 1_000_000_000
 _REPLAY_PAGE = 1000
 _MAX_WINDOWS = 1_000_000
+#: Batches one worker turn processes for a subject before letting other subjects run.
+_TURN_BATCHES = 500
 
 
 class UnknownSubjectError(LookupError):
@@ -79,6 +96,60 @@ class UnknownSubjectError(LookupError):
 
 class CalibrationError(ValueError):
     """A calibration period that cannot set the baseline; the message says why."""
+
+
+class PipelineBusyError(RuntimeError):
+    """Background processing lags too far behind: new data is refused until it catches up.
+
+    Attributes
+    ----------
+    pending_samples
+        Samples stored but not processed yet.
+    max_pending_samples
+        The bound that was exceeded.
+    retry_after_s
+        Estimated seconds until the lag is back under the bound.
+    """
+
+    def __init__(self, pending_samples: int, max_pending_samples: int, retry_after_s: int):
+        self.pending_samples = pending_samples
+        self.max_pending_samples = max_pending_samples
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"processing lags behind: {pending_samples} samples accepted but not processed "
+            f"(limit {max_pending_samples}, max_pending_samples); retry in {retry_after_s} s"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingLag:
+    """How far processing (features, model, states) lags behind durable acceptance.
+
+    Attributes
+    ----------
+    mode
+        The pipeline's :data:`ProcessingMode`.
+    pending_batches, pending_samples
+        Stored but not yet processed.
+    pending_subjects
+        Subjects with pending batches.
+    max_pending_samples
+        Above this, background ingest is refused (:class:`PipelineBusyError`).
+    processed_batches, processed_samples
+        Processed since this pipeline started.
+    processing_samples_per_s
+        Samples processed per second of processing work (the pipeline's real capacity);
+        ``None`` before anything was processed.
+    """
+
+    mode: ProcessingMode
+    pending_batches: int
+    pending_samples: int
+    pending_subjects: int
+    max_pending_samples: int
+    processed_batches: int
+    processed_samples: int
+    processing_samples_per_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +192,7 @@ class BaselineStatus:
 class _Subject:
     stream: SubjectStream
     estimator: SubjectEstimator
+    cursor: ProcessingCursor
 
 
 class Pipeline:
@@ -141,6 +213,23 @@ class Pipeline:
         Subjects already run in parallel, and a model scored one window at a time gains
         nothing from a thread team: each gradient-boosting ``predict`` is a parallel region
         whose barrier stalls when the CPU is shared with other busy processes.
+    mode
+        ``"inline"`` (default): :meth:`ingest` processes what it stores before it returns, so
+        its report counts the windows and states. ``"background"``: :meth:`ingest` returns
+        once the batches are durably stored (one transaction per call) and ``workers``
+        threads process them from the store's queue; call :meth:`start` first.
+    workers
+        Background processing threads (subjects are spread over them; one subject is
+        processed by one thread at a time).
+    max_pending_samples
+        Background mode: while more samples than this are stored but unprocessed,
+        :meth:`ingest` raises :class:`PipelineBusyError` and stores nothing.
+
+    Notes
+    -----
+    Whatever the mode, processing reads batches back from the store after a per-subject
+    cursor (:class:`~wearemo.store.base.ProcessingCursor`), so a crash between acceptance and
+    processing loses nothing: :meth:`start` queues every subject with unprocessed batches.
 
     Example
     -------
@@ -157,7 +246,14 @@ class Pipeline:
         config: WindowConfig | None = None,
         inner_threads: int | None = 1,
         extra: Sequence[StressModel] = (),
+        mode: ProcessingMode = "inline",
+        workers: int = 1,
+        max_pending_samples: int = 5_000_000,
     ) -> None:
+        if mode not in ("inline", "background"):
+            raise ValueError(f"unknown mode {mode!r}; options: 'inline', 'background'")
+        if workers < 1 or max_pending_samples < 1:
+            raise ValueError("workers and max_pending_samples must be >= 1")
         if model.target != "stress":
             raise ValueError(f"the pipeline's main model must have target 'stress', model "
                              f"{model.version} has {model.target!r}")
@@ -174,6 +270,19 @@ class Pipeline:
         self._locks: dict[str, threading.Lock] = {}
         self._registry_lock = threading.Lock()
         self._listeners: list[StateListener] = []
+        self.mode: ProcessingMode = mode
+        self.workers = workers
+        self.max_pending_samples = max_pending_samples
+        # Durable queue bookkeeping (the queue itself is the store): pending counts per
+        # subject, the subjects waiting for a worker, and processing statistics.
+        self._work = threading.Condition()
+        self._pending: dict[str, list[int]] = {}
+        self._ready: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._processed = [0, 0]  # batches, samples
+        self._busy_s = 0.0
 
     # -- public -----------------------------------------------------------------------------
 
@@ -204,15 +313,198 @@ class Pipeline:
         True
         """
         report = IngestReport()
+        if not batches:
+            return report
+        started = time.perf_counter()
+        if self.mode == "background":
+            self._check_lag()
+        subjects = sorted({b.subject_id for b in batches})
+        with ExitStack() as held:
+            for sid in subjects:  # sorted: two requests never wait on each other's locks
+                held.enter_context(self._lock_of(sid))
+            new = self._classify(batches, report)
+            try:
+                flags: list[bool] | None = self.store.add_batches(new)
+            except BatchConflictError:
+                flags = None
+            except StoreBackpressureError:
+                if len(new) < 2:
+                    for sid in subjects:
+                        self._order.forget(sid)
+                    raise
+                # A store that buffers (InfluxDB's outbox) may take part of the request: go
+                # batch by batch so the ones that fit are stored before the 503.
+                flags = None
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    STORE_WRITE_ERRORS.labels(operation="add_batch").inc()
+                for sid in subjects:
+                    self._order.forget(sid)  # tentative marks of batches that were not stored
+                raise
+            if flags is None:
+                for sid in subjects:
+                    self._order.forget(sid)
+        if flags is None:
+            # Another process stored one of these ids meanwhile, or the store's buffer took
+            # only part: redo them one by one.
+            return self._ingest_each(batches)
+        stored = {(b.subject_id, b.batch_id) for b, ok in zip(new, flags, strict=True) if ok}
+        report.results = [
+            r if r.status != "stored" or (r.subject_id, r.batch_id) in stored
+            else BatchResult(r.batch_id, r.subject_id, r.channel, "duplicate")
+            for r in report.results
+        ]
+        touched = self._note_pending([b for b, ok in zip(new, flags, strict=True) if ok])
+        for sid in touched:
+            if self.mode == "inline":
+                self._process(sid, report, limit=None)
+            else:
+                self._enqueue(sid)
+        seconds = time.perf_counter() - started
+        for batch, result in zip(batches, report.results, strict=False):
+            _count_batch(batch, result.status, seconds)
+        return report
+
+    def _classify(self, batches: Sequence[SampleBatch], report: IngestReport) -> list[SampleBatch]:
+        """Results of a request's batches in order, up to the first rejection; the new ones.
+
+        Runs under the request's subject locks. Order marks of new batches are recorded
+        tentatively (the caller forgets them if the write fails).
+        """
+        new: list[SampleBatch] = []
+        mine: dict[tuple[str, str], SampleBatch] = {}
+
+        def result(
+            batch: SampleBatch, status: BatchStatus, field: str | None = None,
+            reason: str | None = None,
+        ) -> BatchResult:
+            return BatchResult(
+                batch.batch_id, batch.subject_id, batch.channel.value, status, field, reason
+            )
+
         for batch in batches:
-            started = time.perf_counter()
-            with self._lock_of(batch.subject_id), self._inner_threads():
-                result = self._ingest_one(batch, report)
-            _count_batch(batch, result.status, time.perf_counter() - started)
-            report.results.append(result)
-            if result.status == "rejected":
+            key = (batch.subject_id, batch.batch_id)
+            if key in mine:  # the same id twice in one request
+                same = batch_digest(mine[key]) == batch_digest(batch)
+                res = (result(batch, "duplicate") if same else result(
+                    batch, "rejected", "batch_id",
+                    f"batch_id {batch.batch_id!r} of subject {batch.subject_id!r} appears "
+                    "twice in this request with different content"))
+            elif self.store.has_batch(*key):
+                # Duplicates first: a re-sent batch necessarily "overlaps" its stored samples.
+                try:
+                    self.store.add_batch(batch)  # no-op for the same content; raises otherwise
+                    res = result(batch, "duplicate")
+                except BatchConflictError as exc:
+                    res = result(batch, "rejected", "batch_id", str(exc))
+            elif (violation := self._order.check(batch)) is not None:
+                res = result(batch, "rejected", violation.field, violation.message)
+            else:
+                self._order.accept(batch)
+                mine[key] = batch
+                new.append(batch)
+                res = result(batch, "stored")
+            report.results.append(res)
+            if res.status == "rejected":
+                break
+        return new
+
+    def _ingest_each(self, batches: Sequence[SampleBatch]) -> IngestReport:
+        # The slow path after a cross-process race: one request per batch, same semantics.
+        report = IngestReport()
+        for batch in batches:
+            one = self.ingest([batch])
+            report.results.extend(one.results)
+            report.windows += one.windows
+            report.states += one.states
+            if one.results and one.results[-1].status == "rejected":
                 break
         return report
+
+    def start(self) -> None:
+        """Queue every subject with unprocessed stored batches and start the workers.
+
+        In ``inline`` mode the workers only catch up on batches a crash left unprocessed; in
+        ``background`` mode they do all processing. Idempotent.
+
+        Example
+        -------
+        >>> pipeline.start()  # doctest: +SKIP
+        >>> pipeline.lag().pending_samples  # doctest: +SKIP
+        0
+        """
+        with self._work:
+            if self._threads:
+                return
+            self._stopping = False
+        counts = self.store.pending_counts()
+        with self._work:
+            for sid, (n, k) in counts.items():
+                self._pending[sid] = [n, k]
+        for sid in counts:
+            log.info("subject %r: %d stored batches to process", sid, counts[sid][0])
+            self._enqueue(sid)
+        with self._work:
+            self._threads = [
+                threading.Thread(target=self._worker, name=f"wearemo-process-{i}", daemon=True)
+                for i in range(self.workers)
+            ]
+            for t in self._threads:
+                t.start()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the workers after their current turn; unprocessed batches stay queued in the
+        store (the next :meth:`start` processes them).
+
+        Example
+        -------
+        >>> pipeline.close()  # doctest: +SKIP
+        """
+        with self._work:
+            self._stopping = True
+            self._work.notify_all()
+            threads, self._threads = self._threads, []
+        for t in threads:
+            t.join(timeout=timeout_s)
+
+    def drain(self) -> IngestReport:
+        """Process every pending batch on the calling thread; windows and states produced.
+
+        Example
+        -------
+        >>> pipeline.drain().states  # doctest: +SKIP
+        12
+        """
+        report = IngestReport()
+        while True:
+            with self._work:
+                todo = [sid for sid, (n, _) in self._pending.items() if n > 0]
+            if not todo:
+                return report
+            for sid in todo:
+                self._process(sid, report, limit=None)
+
+    def lag(self) -> ProcessingLag:
+        """How far processing lags behind acceptance.
+
+        Example
+        -------
+        >>> pipeline.lag().pending_batches  # doctest: +SKIP
+        0
+        """
+        with self._work:
+            pending = [p for p in self._pending.values() if p[0] > 0]
+            busy, (batches, samples) = self._busy_s, self._processed
+        return ProcessingLag(
+            mode=self.mode,
+            pending_batches=sum(p[0] for p in pending),
+            pending_samples=sum(p[1] for p in pending),
+            pending_subjects=len(pending),
+            max_pending_samples=self.max_pending_samples,
+            processed_batches=batches,
+            processed_samples=samples,
+            processing_samples_per_s=samples / busy if busy > 0 and samples else None,
+        )
 
     def subscribe(self, listener: StateListener) -> Callable[[], None]:
         """Call ``listener`` with every batch of new states once they are stored.
@@ -257,7 +549,13 @@ class Pipeline:
         >>> pipeline.flush().windows  # doctest: +SKIP
         3
         """
-        report = IngestReport()
+        # Pending batches first (background mode, or left by a crash): flushing closes windows
+        # after the last accepted sample, not the last processed one.
+        if subject_id is None:
+            report = self.drain()
+        else:
+            report = IngestReport()
+            self._process(subject_id, report, limit=None)
         with self._registry_lock:
             subjects = [subject_id] if subject_id is not None else list(self._subjects)
         for sid in subjects:
@@ -375,56 +673,119 @@ class Pipeline:
                 lock = self._locks[subject_id] = threading.Lock()
             return lock
 
-    def _ingest_one(self, batch: SampleBatch, report: IngestReport) -> BatchResult:
-        def result(
-            status: BatchStatus, field: str | None = None, reason: str | None = None
-        ) -> BatchResult:
-            return BatchResult(
-                batch.batch_id, batch.subject_id, batch.channel.value, status, field, reason
-            )
+    def _note_pending(self, stored: Sequence[SampleBatch]) -> list[str]:
+        """Count newly stored batches as pending; the subjects they belong to, in order."""
+        touched: dict[str, None] = {}
+        with self._work:
+            for b in stored:
+                p = self._pending.setdefault(b.subject_id, [0, 0])
+                p[0] += 1
+                p[1] += b.n_samples
+                touched[b.subject_id] = None
+        return list(touched)
 
-        # Duplicates first: a re-sent batch necessarily "overlaps" its own stored samples.
-        if self.store.has_batch(batch.subject_id, batch.batch_id):
+    def _check_lag(self) -> None:
+        lag = self.lag()
+        if lag.pending_samples <= self.max_pending_samples:
+            return
+        rate = lag.processing_samples_per_s or 10_000.0
+        excess = lag.pending_samples - self.max_pending_samples // 2
+        retry = min(60, max(1, math.ceil(excess / rate / max(1, self.workers))))
+        raise PipelineBusyError(lag.pending_samples, self.max_pending_samples, retry)
+
+    def _enqueue(self, subject_id: str) -> None:
+        with self._work:
+            if subject_id not in self._queued:
+                self._queued.add(subject_id)
+                self._ready.append(subject_id)
+                self._work.notify()
+
+    def _worker(self) -> None:
+        while True:
+            with self._work:
+                while not self._ready and not self._stopping:
+                    self._work.wait()
+                if self._stopping:
+                    return
+                sid = self._ready.popleft()
+                self._queued.discard(sid)
             try:
-                self.store.add_batch(batch)  # no-op for the same content; raises on a conflict
-            except BatchConflictError as exc:
-                return result("rejected", "batch_id", str(exc))
-            return result("duplicate")
-        violation = self._order.check(batch)
-        if violation is not None:
-            return result("rejected", violation.field, violation.message)
-        # Restore the subject *before* storing: the replay must not contain this batch.
-        sub: _Subject | None
-        try:
-            sub = self._subject(batch.subject_id)
-        except Exception:
-            log.exception("could not restore subject %r; storing raw data only", batch.subject_id)
-            sub = None
-        try:
-            if not self.store.add_batch(batch):
-                return result("duplicate")  # stored concurrently by another process
-        except BatchConflictError as exc:
-            return result("rejected", "batch_id", str(exc))
-        except Exception:
-            STORE_WRITE_ERRORS.labels(operation="add_batch").inc()
-            raise
-        self._order.accept(batch)
-        if sub is not None:
-            try:
-                self._emit(sub, sub.stream.push(batch), report)
+                more = self._process(sid, None, limit=_TURN_BATCHES)
             except Exception:
-                # The raw batch is safely stored; rebuild this subject from the store next
-                # time rather than keep a stream whose state is now uncertain.
-                log.exception(
-                    "pipeline failed on batch %r of %r", batch.batch_id, batch.subject_id
-                )
-                self._subjects.pop(batch.subject_id, None)
-        return result("stored")
+                log.exception("processing of subject %r failed; retrying later", sid)
+                time.sleep(1.0)
+                more = True
+            if more:
+                self._enqueue(sid)
+
+    def _process(self, subject_id: str, report: IngestReport | None, *, limit: int | None) -> bool:
+        """Push a subject's pending batches through features and model; ``True`` if more wait.
+
+        The one processing path of both modes. Windows and states are stored before the
+        cursor moves, so a crash in between re-processes those batches (windows and states are
+        keyed by end time: the re-run replaces them with the same values).
+        """
+        t0 = time.perf_counter()
+        with self._lock_of(subject_id), self._inner_threads():
+            try:
+                sub: _Subject | None = self._subject(subject_id)
+            except Exception:
+                log.exception("could not restore subject %r; its raw data stays stored but is "
+                              "not processed", subject_id)
+                sub = None
+            cursor = sub.cursor if sub is not None else self.store.processing_cursor(subject_id)
+            page = self.store.pending_batches(
+                subject_id, after_seq=cursor.seq, limit=(limit or _MAX_WINDOWS) + 1
+            )
+            more = limit is not None and len(page) > limit
+            page = page[:limit] if limit is not None else page
+            if not page:
+                with self._work:
+                    self._pending.pop(subject_id, None)
+                return False
+            windows: list[FeatureWindow] = []
+            done, samples, end_ns = 0, 0, cursor.end_ns
+            for item in page:
+                if sub is not None:
+                    try:
+                        windows.extend(sub.stream.push(item.batch))
+                    except Exception:
+                        # Skip it (its raw data stays stored) and rebuild the subject from the
+                        # store next time rather than keep a stream in an uncertain state.
+                        log.exception("pipeline failed on batch %r of %r; skipped",
+                                      item.batch.batch_id, subject_id)
+                        self._subjects.pop(subject_id, None)
+                        sub = None
+                done += 1
+                samples += item.batch.n_samples
+                last = item.batch.end_ns
+                end_ns = last if end_ns is None else max(end_ns, last)
+                if sub is None:
+                    break
+            if sub is not None:
+                self._emit(sub, windows, report if report is not None else IngestReport())
+            new_cursor = ProcessingCursor(subject_id=subject_id, seq=page[done - 1].seq,
+                                          end_ns=end_ns)
+            self.store.set_processing_cursor(new_cursor)
+            if sub is not None:
+                sub.cursor = new_cursor
+            more = more or done < len(page)
+        with self._work:
+            p = self._pending.get(subject_id)
+            if p is not None:
+                p[0] = max(0, p[0] - done)
+                p[1] = max(0, p[1] - samples)
+                if not more and p[0] == 0:
+                    del self._pending[subject_id]
+            self._processed[0] += done
+            self._processed[1] += samples
+            self._busy_s += time.perf_counter() - t0
+        return more
 
     def _emit(self, sub: _Subject, windows: Sequence[FeatureWindow], report: IngestReport) -> None:
         if not windows:
             return
-        states: list[StateEstimate] = [sub.estimator.update(w) for w in windows]
+        states: list[StateEstimate] = sub.estimator.update_many(windows)
         # States first: a stored window marks "done" for a restart (see _restore), so a crash
         # in between leaves the window unstored and it is recomputed, never a window without
         # its state.
@@ -487,12 +848,10 @@ class Pipeline:
         """A subject's stream and estimator, rebuilt from what the store holds."""
         estimator = self.model.for_subject(subject_id, extra=self.extra)
         stream = SubjectStream(subject_id, config=self.config)
-        sub = _Subject(stream, estimator)
-        lasts = {
-            ch: t for ch in Channel if (t := self.store.last_sample_ns(subject_id, ch)) is not None
-        }
-        if not lasts:
-            return sub
+        cursor = self.store.processing_cursor(subject_id)
+        sub = _Subject(stream, estimator, cursor)
+        if cursor.end_ns is None:
+            return sub  # nothing processed yet: a fresh stream
         # 1. Personal baseline: from the calibration period, else replay the stored windows in
         #    order until the warm-up has learned it.
         self._restore_calibration(estimator)
@@ -508,7 +867,7 @@ class Pipeline:
             start = page[-1].end_ns + 1
         # 2. Stream: refill with the recent raw samples.
         span_ns = int(stream.history_s * _NS)
-        replay_from = max(lasts.values()) - span_ns
+        replay_from = cursor.end_ns - span_ns
         stored_ends = [
             w.end_ns
             for w in self.store.windows(subject_id, start_ns=replay_from, limit=1_000_000)
@@ -516,7 +875,10 @@ class Pipeline:
         last_stored_end = max(stored_ends) if stored_ends else None
         # Re-push the stored batches as they were sent (same rates, same chunking), in order of
         # their first sample, so the stream cuts exactly the windows a live run would have.
-        replay = self.store.batches(subject_id, start_ns=replay_from, limit=1_000_000)
+        # Only processed batches: the pending ones are pushed after this, in arrival order.
+        replay = self.store.batches(
+            subject_id, start_ns=replay_from, limit=1_000_000, through_seq=cursor.seq
+        )
         fresh: list[FeatureWindow] = []
         for batch in replay:
             fresh.extend(

@@ -18,10 +18,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    Tag,
+    model_validator,
+)
 
 __all__ = [
     "CHANNEL_AXES",
@@ -67,6 +76,24 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 
+def _values_shape(v: Any) -> str:
+    # Pick the union branch from the first element, so only that branch is validated: trying
+    # ``list[float]`` on acc triples first builds one error per sample (~2 us each).
+    if isinstance(v, list | tuple) and v and isinstance(v[0], list | tuple):
+        return "list[list[float]]"
+    return "list[float]"
+
+
+#: One number per sample, or ``[x, y, z]`` per sample (acc). The tags are the branch names
+#: pydantic gives an untagged union, so error locations read the same.
+_LENGTH = Field(min_length=1, max_length=MAX_BATCH_SAMPLES)
+Values = Annotated[
+    Annotated[list[float], _LENGTH, Tag("list[float]")]
+    | Annotated[list[list[float]], _LENGTH, Tag("list[list[float]]")],
+    Discriminator(_values_shape),
+]
+
+
 class SampleBatch(BaseModel):
     """A run of samples of one channel from one device worn by one subject.
 
@@ -109,9 +136,11 @@ class SampleBatch(BaseModel):
     start_ns: int = Field(ge=0)
     rate_hz: float | None = Field(default=None, gt=0.0, le=10_000.0)
     timestamps_ns: list[int] | None = None
-    values: list[float] | list[list[float]] = Field(min_length=1, max_length=MAX_BATCH_SAMPLES)
+    values: Values
     unit: str | None = None
     seq: int | None = Field(default=None, ge=0)
+    # values_array() made once per batch; never part of equality (see _Memo).
+    _array: _Memo | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -130,7 +159,7 @@ class SampleBatch(BaseModel):
             for i, v in enumerate(self.values):
                 if not isinstance(v, list) or len(v) != axes:
                     raise ValueError(f"values[{i}]: channel {name!r} takes {axes} numbers")
-        arr = np.asarray(self.values, dtype=np.float64).reshape(len(self.values), -1)
+        arr = self.values_array().reshape(len(self.values), -1)
         bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         if bad.size:
             raise ValueError(f"values[{bad[0]}]: not a finite number (NaN or infinity)")
@@ -174,9 +203,36 @@ class SampleBatch(BaseModel):
         return int(self.times_ns()[-1])
 
     def values_array(self) -> np.ndarray:
-        """Values as ``float64``: shape ``(n,)``, or ``(n, 3)`` for ``acc``."""
+        """Values as read-only ``float64``: shape ``(n,)``, or ``(n, 3)`` for ``acc``.
+
+        Converted once per batch (validation, storage and features all need it).
+        """
+        memo = self._array
+        if memo is not None and memo.source is self.values:  # a model_copy may swap values
+            return memo.array
         arr = np.asarray(self.values, dtype=np.float64)
-        return arr.reshape(-1, 3) if CHANNEL_AXES[self.channel] == 3 else arr.reshape(-1)
+        arr = arr.reshape(-1, 3) if CHANNEL_AXES[self.channel] == 3 else arr.reshape(-1)
+        arr.flags.writeable = False
+        self._array = _Memo(self.values, arr)
+        return arr
+
+
+class _Memo:
+    """A derived value cached on a model, invisible to its equality.
+
+    Pydantic compares private attributes in ``==``; a cache must not make two equal batches
+    unequal (one converted, one not), nor compare arrays element-wise.
+    """
+
+    __slots__ = ("array", "source")
+
+    def __init__(self, source: object, array: np.ndarray) -> None:
+        self.source, self.array = source, array
+
+    def __eq__(self, other: object) -> bool:
+        return other is None or isinstance(other, _Memo)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)

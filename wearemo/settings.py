@@ -90,7 +90,24 @@ class Settings(BaseSettings):
     max_request_bytes
         Largest accepted request body; larger uploads get HTTP 413.
     max_batches_per_request
-        Largest number of ``SampleBatch``es in one ingest request.
+        Largest number of ``SampleBatch``es in one ingest request (or WebSocket message).
+    processing
+        ``"inline"``: ``POST /v1/ingest`` answers after its batches went through features
+        and model (the response counts windows and states). ``"background"``: it answers once
+        they are durably stored, and ``processing_workers`` threads produce windows and states
+        from the store's queue (several times the ingest throughput; states appear a moment
+        later; see ``GET /v1/ingest/lag``).
+    processing_workers
+        Background processing threads.
+    max_pending_samples
+        Background mode: while more accepted samples than this wait for processing, ingest is
+        refused with HTTP 503 and ``Retry-After`` (nothing of the refused request is stored).
+    rate_limit_requests_per_s, rate_limit_request_burst
+        Per client (remote address; API key once authentication is on): sustained ingest
+        requests per second and the burst; 0 turns the limit off.
+    rate_limit_samples_per_s, rate_limit_sample_burst
+        Per client: sustained samples per second (acc triples count once) and the burst; 0
+        turns the limit off. Over a limit: HTTP 429 with ``Retry-After``.
     live_queue_size
         States a live client (WebSocket or SSE) may leave unread before it is disconnected.
     live_send_timeout_s
@@ -149,6 +166,13 @@ class Settings(BaseSettings):
     lateness_s: float = Field(default=30.0, ge=0)
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_batches_per_request: int = Field(default=1000, ge=1)
+    processing: Literal["inline", "background"] = "inline"
+    processing_workers: int = Field(default=1, ge=1, le=64)
+    max_pending_samples: int = Field(default=5_000_000, ge=1)
+    rate_limit_requests_per_s: float = Field(default=50.0, ge=0)
+    rate_limit_request_burst: float = Field(default=200.0, ge=0)
+    rate_limit_samples_per_s: float = Field(default=200_000.0, ge=0)
+    rate_limit_sample_burst: float = Field(default=2_000_000.0, ge=0)
     live_queue_size: int = Field(default=256, ge=1, le=100_000)
     live_send_timeout_s: float = Field(default=10.0, gt=0)
     host: str = "127.0.0.1"

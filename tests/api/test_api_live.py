@@ -207,7 +207,7 @@ def test_slow_client_is_disconnected_and_ingest_goes_on(url: str) -> None:
     with connect_ws(ws_url(url, "/v1/subjects/slow/live"), sock=sock, open_timeout=30,
                  max_queue=1, compression=None) as ws:
         started = time.monotonic()
-        upload(url, batches[2:], per_request=20)
+        upload(url, batches[2:], per_request=2)  # many small deliveries, as a live feed
         took = time.monotonic() - started
         n_states = len(history(url, "slow"))
         assert n_states == 107  # every state stored: ingest was never held back

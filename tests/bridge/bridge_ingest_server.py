@@ -1,8 +1,10 @@
 """A small real ingest API for the bridge's tests: FastAPI + uvicorn on loopback, in a thread.
 
-It speaks the wearemo ingest contract (``POST /v1/ingest``: 200 with per-batch
-stored/duplicate results, 422 naming the field, 409 for a batch that starts at or before the
-last stored sample of its channel) and can be switched to failure modes to test retries.
+It speaks the wearemo ingest contract (``POST /v1/ingest``: JSON or msgpack bodies decoded by
+the API's own :mod:`wearemo.api.wire`, 200 with per-batch stored/duplicate results, 422 naming
+the field, 409 for a batch that starts at or before the last stored sample of its channel) and
+can be switched to failure modes to test retries, or to answer msgpack with 415 as an API
+older than the compact form would.
 """
 
 from __future__ import annotations
@@ -14,17 +16,15 @@ import time
 from typing import Literal
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
+from wearemo.api.errors import validation_issues
+from wearemo.api.wire import UnsupportedMediaTypeError, media_type, parse_ingest_body
 from wearemo.samples import SampleBatch
 
 Mode = Literal["up", "503", "store_then_500"]
-
-
-class _Request(BaseModel):
-    batches: list[SampleBatch] = Field(min_length=1)
 
 
 class IngestServer:
@@ -43,6 +43,8 @@ class IngestServer:
         self.stored: dict[str, SampleBatch] = {}
         self.posts = 0
         self.duplicate_posts = 0  # batches received again after being stored
+        self.accept_msgpack = True
+        self.content_types: list[str] = []
         self._last_end: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
@@ -53,11 +55,23 @@ class IngestServer:
         app = FastAPI()
 
         @app.post("/v1/ingest")
-        def ingest(body: _Request) -> JSONResponse:
+        async def ingest(request: Request) -> JSONResponse:
+            raw = await request.body()
+            ctype = media_type(request.headers.get("content-type"))
             with self._lock:
                 self.posts += 1
+                self.content_types.append(ctype)
                 if self.mode == "503":
                     return JSONResponse({"detail": "unavailable"}, status_code=503)
+                if ctype != "application/json" and not self.accept_msgpack:
+                    return JSONResponse({"detail": "unsupported"}, status_code=415)
+                try:
+                    body = parse_ingest_body(raw, ctype, max_batches=1000)
+                except RequestValidationError as exc:
+                    return JSONResponse({"detail": validation_issues(exc.errors())},
+                                        status_code=422)
+                except UnsupportedMediaTypeError as exc:
+                    return JSONResponse({"detail": str(exc)}, status_code=415)
                 # Stricter than the wire model, as a real API may be: EDA above 100 uS is
                 # refused with a FastAPI-style 422 naming the field.
                 issues = [

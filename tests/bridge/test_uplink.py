@@ -50,6 +50,32 @@ async def test_uploads_everything_exactly(server: IngestServer, spool: Spool) ->
     assert server.posts == 3
 
 
+async def test_sends_msgpack_and_falls_back_to_json_on_415(
+    server: IngestServer, spool: Spool
+) -> None:
+    server.start()
+    acc = SampleBatch(batch_id="vw-01:acc:0", subject_id="s01", device_id="vw-01",
+                      channel="acc", start_ns=10**18, rate_hz=32.0,
+                      values=[[0.1 * k, -0.3333333333333333, 0.98] for k in range(32)])
+    rr = SampleBatch(batch_id="vw-01:rr:0", subject_id="s01", device_id="vw-01", channel="rr",
+                     start_ns=10**18, timestamps_ns=[10**18, 10**18 + 812_345_678],
+                     values=[812.3456789, 799.1])
+    spool.put([acc, rr, _batch(0)])
+    uplink = Uplink(spool, api_url=server.url, max_batches_per_request=2)
+    assert uplink.form == "msgpack"
+    assert await uplink.drain(timeout_s=10)
+    assert server.content_types == ["application/msgpack"] * 2
+    assert all(server.stored[b.batch_id] == b for b in (acc, rr))  # float64: bit-exact
+    # an API without the compact form answers 415: the uplink switches to JSON for good
+    server.accept_msgpack = False
+    spool.put([_batch(i) for i in range(1, 4)])
+    assert await uplink.drain(timeout_s=10)
+    assert uplink.form == "json" and uplink.stats.dead_lettered == 0
+    assert server.content_types[2:] == ["application/msgpack", "application/json",
+                                        "application/json"]
+    assert [server.stored[f"vw-01:eda:{i}"] == _batch(i) for i in range(4)] == [True] * 4
+
+
 async def test_api_down_then_up_nothing_lost_nothing_twice(
     server: IngestServer, spool: Spool
 ) -> None:

@@ -220,16 +220,18 @@ def test_api_end_to_end_on_influx(influxd: Server, tmp_path: Path,
     """WEAREMO_STORE=influx: ingest over HTTP, states over HTTP and in influxd; a full buffer
     during an outage is HTTP 503 with Retry-After, and the retried request then stores it."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "api"))
-    from api_support import body, serve, sim_batches
+    from api_support import ADMIN_KEY, bearer, body, serve, sim_batches
 
     db = new_database(influxd)
     for key, value in {"STORE": "influx", "INFLUX_URL": influxd.url, "INFLUX_WRITE_MODE": "v1",
                        "INFLUX_DATABASE": db, "INFLUX_BUFFER_MAX_BYTES": "400000",
-                       "DATA_DIR": str(tmp_path), "MODEL": "default"}.items():
+                       "DATA_DIR": str(tmp_path), "MODEL": "default",
+                       "ADMIN_KEY": ADMIN_KEY}.items():
         monkeypatch.setenv(f"WEAREMO_{key}", value)
     batches = sim_batches("e2e", 300)  # 10-s ppg + eda batches
     head, tail = batches[:24], batches[24:]
-    with serve(Settings()) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with (serve(Settings()) as url,
+          httpx.Client(base_url=url, timeout=60, headers=bearer(ADMIN_KEY)) as client):
         n_states = 0
         for b in head:  # one batch a request, as a bridge sends them; a 503 is retried
             for _ in range(60):

@@ -7,13 +7,14 @@ Example
 -------
 >>> app = create_app(Settings(data_dir="/tmp/wearemo-doc"))
 >>> sorted(p for p in app.openapi()["paths"] if p.startswith("/v1"))[:2]
-['/v1/ingest', '/v1/subjects']
+['/v1/ingest', '/v1/ingest/lag']
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ from wearemo.api.auth import load_admin_key
 from wearemo.api.deps import AppState, Resources
 from wearemo.api.errors import on_store_unavailable, on_validation_error
 from wearemo.api.keystore import KeyStore
-from wearemo.api.limits import BodySizeLimit
+from wearemo.api.limits import BodySizeLimit, RateLimiter
 from wearemo.api.live import LiveHub
 from wearemo.api.observe import RequestObserver
 from wearemo.api.routes import (
@@ -104,7 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             min_coverage=cfg.min_coverage,
             lateness_s=cfg.lateness_s,
         )
-        pipeline = Pipeline(store, model, config=window, extra=extra)
+        pipeline = Pipeline(store, model, config=window, extra=extra, mode=cfg.processing,
+                            workers=cfg.processing_workers,
+                            max_pending_samples=cfg.max_pending_samples)
         alert_db = await run_in_threadpool(AlertDB, cfg.resolved_alerts_path())
         dispatcher = Dispatcher(
             alert_db,
@@ -123,18 +126,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         unsubscribe_live = pipeline.subscribe(hub.publish)
         engine.start()
         delivering = asyncio.create_task(dispatcher.run(), name="wearemo-webhooks")
+        # Batches a crash left unprocessed are queued here (and processed in the background);
+        # after the listeners subscribed, so their states reach alerts and live streams.
+        await run_in_threadpool(pipeline.start)
+        limiter = RateLimiter(
+            requests_per_s=cfg.rate_limit_requests_per_s,
+            request_burst=cfg.rate_limit_request_burst,
+            samples_per_s=cfg.rate_limit_samples_per_s,
+            sample_burst=cfg.rate_limit_sample_burst,
+        )
         admin_key = await run_in_threadpool(load_admin_key, cfg)
         keys = await run_in_threadpool(KeyStore, cfg.resolved_auth_path())
         audit = await run_in_threadpool(AuditLog, cfg.resolved_auth_path())
-        log.info("wearemo API ready: store=%s model=%s keys=%s", cfg.store, model.version,
-                 cfg.resolved_auth_path())
         resources = Resources(
             settings=cfg, store=store, model=model, pipeline=pipeline, live=hub, keys=keys,
             audit=audit, admin_key_sha256=hashlib.sha256(admin_key.encode()).digest(),
+            limiter=limiter,
         )
+        # Move everything built so far (the model above all) out of the garbage collector's
+        # reach: otherwise each full collection walks it again, and ingest allocates enough
+        # small lists (acc triples) to trigger many; this made decoding ~20x slower.
+        gc.freeze()
+        log.info("wearemo API ready: store=%s model=%s processing=%s keys=%s", cfg.store,
+                 model.version, cfg.processing, cfg.resolved_auth_path())
         try:
             yield {"resources": resources, "alerts": engine}
         finally:
+            await run_in_threadpool(pipeline.close)
             unsubscribe_live()
             unsubscribe_alerts()
             await run_in_threadpool(engine.stop)
@@ -167,4 +185,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(interop.router)
     app.include_router(alerts.router)
     app.include_router(admin.router)
+    ingest.document_bodies(app)
     return app

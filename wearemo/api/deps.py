@@ -33,6 +33,7 @@ from wearemo.alerts import AlertEngine
 from wearemo.api.audit import STATE_KEY, AuditContext, AuditLog
 from wearemo.api.auth import BOOTSTRAP_KEY_ID, SCOPES, Principal
 from wearemo.api.keystore import KeyStore
+from wearemo.api.limits import RateLimiter
 from wearemo.api.live import LiveHub
 from wearemo.model import StressModel
 from wearemo.pipeline import Pipeline
@@ -50,6 +51,7 @@ __all__ = [
     "IngestPrincipal",
     "KeyStoreDep",
     "KnownSubject",
+    "LimiterDep",
     "LiveDep",
     "ModelDep",
     "PipelineDep",
@@ -76,6 +78,7 @@ class Resources:
     store: StateStore
     model: StressModel
     pipeline: Pipeline
+    limiter: RateLimiter
     live: LiveHub
     keys: KeyStore
     audit: AuditLog
@@ -115,6 +118,11 @@ def get_pipeline(request: HTTPConnection) -> Pipeline:
     return get_resources(request).pipeline
 
 
+def get_limiter(request: HTTPConnection) -> RateLimiter:
+    """The app's per-client rate limiter."""
+    return get_resources(request).limiter
+
+
 def get_live(request: HTTPConnection) -> LiveHub:
     """The app's live state fan-out."""
     return get_resources(request).live
@@ -127,6 +135,7 @@ def get_alerts(request: HTTPConnection) -> AlertEngine:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 StoreDep = Annotated[StateStore, Depends(get_store)]
 ModelDep = Annotated[StressModel, Depends(get_model)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]

@@ -1,4 +1,8 @@
-"""Request body size limit (HTTP 413), checked on ``Content-Length`` and on the bytes read.
+"""Request limits: body size (HTTP 413) and per-client rates (HTTP 429).
+
+:class:`BodySizeLimit` checks ``Content-Length`` and the bytes read. :class:`RateLimiter`
+keeps two token buckets per client (requests/s and samples/s); a refused request is answered
+429 with ``Retry-After`` before anything of it is stored.
 
 Example
 -------
@@ -11,10 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodySizeLimit"]
+__all__ = ["BodySizeLimit", "RateLimiter", "TokenBucket", "retry_after"]
 
 #: Bytes of an oversize body still read (and discarded) before answering, so the client is
 #: not cut off mid-upload and actually sees the 413; beyond this the connection is dropped.
@@ -118,3 +127,133 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second, holding at most ``capacity``.
+
+    A cost larger than the capacity is allowed from a full bucket and leaves it in debt, so
+    one big request is slowed, never refused forever.
+
+    Example
+    -------
+    >>> b = TokenBucket(rate=10.0, capacity=20.0, tokens=20.0, at=0.0)
+    >>> b.take(15.0, now=0.0), b.take(15.0, now=0.0), b.take(15.0, now=1.0)
+    (0.0, 1.0, 0.0)
+    """
+
+    rate: float
+    capacity: float
+    tokens: float
+    at: float
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+
+    def wait_s(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` can be taken (0 when it can now)."""
+        self._refill(now)
+        need = min(cost, self.capacity)
+        return 0.0 if self.tokens >= need else (need - self.tokens) / self.rate
+
+    def take(self, cost: float, *, now: float) -> float:
+        """Take ``cost`` and return 0, or take nothing and return the seconds to wait."""
+        wait = self.wait_s(cost, now)
+        if wait == 0.0:
+            self.tokens -= cost
+        return wait
+
+
+class RateLimiter:
+    """Per-client token buckets on requests/s and samples/s (``0`` turns a bucket off).
+
+    Parameters
+    ----------
+    requests_per_s, request_burst
+        Sustained request rate and how many requests may come at once.
+    samples_per_s, sample_burst
+        Sustained sample rate (acc triples count once) and the burst.
+    max_clients
+        Buckets kept; the least recently used client is forgotten beyond it (it starts again
+        with a full bucket, which errs on the side of accepting data).
+    clock
+        Monotonic seconds (injectable for tests).
+
+    Example
+    -------
+    >>> limiter = RateLimiter(requests_per_s=1, request_burst=2, samples_per_s=0)
+    >>> [limiter.acquire("10.0.0.1", samples=100) for _ in range(3)][:2]
+    [None, None]
+    >>> limiter.acquire("10.0.0.1", samples=100) > 0
+    True
+    """
+
+    def __init__(
+        self,
+        *,
+        requests_per_s: float,
+        request_burst: float,
+        samples_per_s: float,
+        sample_burst: float = 0.0,
+        max_clients: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if min(requests_per_s, request_burst, samples_per_s, sample_burst) < 0:
+            raise ValueError("rates and bursts must be >= 0")
+        self.requests_per_s = requests_per_s
+        self.request_burst = max(request_burst, 1.0)
+        self.samples_per_s = samples_per_s
+        self.sample_burst = max(sample_burst, samples_per_s)
+        self.max_clients = max_clients
+        self._clock = clock
+        self._buckets: dict[str, tuple[TokenBucket | None, TokenBucket | None]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any bucket is on."""
+        return self.requests_per_s > 0 or self.samples_per_s > 0
+
+    def acquire(self, client: str, *, samples: int) -> float | None:
+        """Charge one request of ``samples`` to ``client``: ``None`` if allowed, else the
+        seconds to wait before retrying (nothing is charged then)."""
+        if not self.enabled:
+            return None
+        now = self._clock()
+        with self._lock:
+            pair = self._buckets.pop(client, None)  # re-inserted last: LRU order
+            if pair is None:
+                pair = (
+                    TokenBucket(self.requests_per_s, self.request_burst, self.request_burst, now)
+                    if self.requests_per_s > 0 else None,
+                    TokenBucket(self.samples_per_s, self.sample_burst, self.sample_burst, now)
+                    if self.samples_per_s > 0 else None,
+                )
+            self._buckets[client] = pair
+            while len(self._buckets) > self.max_clients:
+                del self._buckets[next(iter(self._buckets))]
+            requests, sampled = pair
+            wait = max(
+                requests.wait_s(1.0, now) if requests is not None else 0.0,
+                sampled.wait_s(float(samples), now) if sampled is not None else 0.0,
+            )
+            if wait > 0:
+                return wait
+            if requests is not None:
+                requests.take(1.0, now=now)
+            if sampled is not None:
+                sampled.take(float(samples), now=now)
+            return None
+
+
+def retry_after(wait_s: float) -> str:
+    """A ``Retry-After`` value (whole seconds, at least 1) for a wait.
+
+    Example
+    -------
+    >>> retry_after(0.2), retry_after(3.01)
+    ('1', '4')
+    """
+    return str(max(1, math.ceil(wait_s)))

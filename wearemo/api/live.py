@@ -57,11 +57,16 @@ class LiveSubscription:
         self.queue_size = queue_size
         self.overflowed = False
         self._hub = hub
-        self._queue: asyncio.Queue[StateEstimate | None] = asyncio.Queue(queue_size + 1)
+        self._queue: asyncio.Queue[StateEstimate | None] = asyncio.Queue()  # bounded by offer()
 
-    def offer(self, state: StateEstimate) -> None:
-        """Queue a state (event loop only); on overflow, mark the client slow and wake it."""
-        if self.overflowed:
+    def offer(self, states: Sequence[StateEstimate]) -> None:
+        """Queue one delivery's states (event loop only); on overflow, mark the client slow.
+
+        A client is slow when ``queue_size`` states were still unread as new ones arrived: a
+        delivery (one processing turn, which may score many windows at once) is never cut
+        by its own size, so memory stays bounded by ``queue_size`` plus one delivery.
+        """
+        if self.overflowed or not states:
             return
         if self._queue.qsize() >= self.queue_size:
             self.overflowed = True
@@ -71,7 +76,8 @@ class LiveSubscription:
                 self._queue.get_nowait()
             self._queue.put_nowait(None)
             return
-        self._queue.put_nowait(state)
+        for state in states:
+            self._queue.put_nowait(state)
 
     async def get(self) -> StateEstimate:
         """The next state, oldest first; :class:`SlowClientError` once the queue overflowed."""
@@ -161,11 +167,13 @@ class LiveHub:
                 log.debug("live hub: event loop closed, %d states not delivered", len(wanted))
 
     def _deliver(self, states: list[StateEstimate]) -> None:
-        for state in states:
-            with self._lock:
-                subs = list(self._by_subject.get(state.subject_id, ()))
-            for sub in subs:
-                sub.offer(state)
+        per_sub: dict[LiveSubscription, list[StateEstimate]] = {}
+        with self._lock:
+            for state in states:
+                for sub in self._by_subject.get(state.subject_id, ()):
+                    per_sub.setdefault(sub, []).append(state)
+        for sub, mine in per_sub.items():
+            sub.offer(mine)
 
     def _remove(self, sub: LiveSubscription) -> None:
         with self._lock:

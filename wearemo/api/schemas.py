@@ -39,6 +39,7 @@ __all__ = [
     "MintRequest",
     "MintResponse",
     "OmhDataPoint",
+    "ProcessingLagResponse",
     "ReadyResponse",
     "SampleSeries",
     "StateEstimate",
@@ -74,6 +75,24 @@ class IngestResponse(BaseModel):
     windows: int = Field(description="Feature windows closed by this request.")
     states: int = Field(description="State estimates produced by this request.")
     results: list[BatchOutcome]
+
+
+class ProcessingLagResponse(BaseModel):
+    """``GET /v1/ingest/lag``: how far processing lags behind the accepted data."""
+
+    mode: Literal["inline", "background"] = Field(
+        description="'inline': ingest answers after processing; 'background': after durable "
+        "storage, workers process from the store's queue.")
+    pending_batches: int = Field(description="Batches stored but not yet processed.")
+    pending_samples: int = Field(description="Samples stored but not yet processed.")
+    pending_subjects: int = Field(description="Subjects with unprocessed batches.")
+    max_pending_samples: int = Field(
+        description="Above this, ingest answers 503 with Retry-After (background mode).")
+    processed_batches: int = Field(description="Batches processed since the service started.")
+    processed_samples: int = Field(description="Samples processed since the service started.")
+    processing_samples_per_s: float | None = Field(
+        description="Samples processed per second of processing work: the service's "
+        "sustainable capacity (null before anything was processed).")
 
 
 class ConflictDetail(BaseModel):

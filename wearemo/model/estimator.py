@@ -391,64 +391,105 @@ class SubjectEstimator:
         >>> s.state, s.reason, s.channels_used
         ('withheld', 'motion', ['eda'])
         """
-        inputs, reason = self.assess(window)
-        common: dict[str, Any] = {
-            "subject_id": self.subject_id, "window_start_ns": window.start_ns,
-            "window_end_ns": window.end_ns, "model_version": self.version,
-        }
-        not_estimated = self._not_estimated()
+        return self.update_many([window])[0]
+
+    def update_many(self, windows: Sequence[FeatureWindow]) -> list[StateEstimate]:
+        """Estimate the states of the next windows of this subject, in order.
+
+        The same states as calling :meth:`update` on each window in turn (gating, baseline and
+        arousal run window by window), but each stress variant scores all its rows, the
+        windows' and their explanations', in one ``predict_proba`` call: a forest's per-call
+        overhead is paid once per batch of windows instead of once per window.
+
+        Example
+        -------
+        >>> est = SubjectEstimator("s1")
+        >>> w = FeatureWindow(subject_id="s1", start_ns=0, end_ns=60 * 10**9, motion=True,
+        ...                   coverage={"eda": 1.0}, features={"eda_scl_mean_uS": 2.0})
+        >>> [s.reason for s in est.update_many([w, w])]
+        ['motion', 'motion']
+        """
+        out: list[StateEstimate | None] = []
+        pending: list[tuple[int, Variant, np.ndarray, list[int], dict[str, Any]]] = []
         stress = next((h for h in self.heads if h.target == "stress"), None)
-        variant = None if inputs is None or stress is None else route(inputs, stress.variants)
-        if inputs is None or stress is None or variant is None:
-            channels = sorted(k for k, v in window.coverage.items()
-                              if v >= self.gate.min_coverage)
-            if inputs is not None and stress is not None:
-                reason = (f"no variant of model {stress.version} for the channels of this "
-                          f"window ({', '.join(sorted(_groups(inputs))) or 'none'})")
-            return StateEstimate(**common, channels_used=channels, state="withheld",
-                                 reason=reason or "no model", not_estimated=not_estimated)
-        x = _row(inputs, variant.spec.feature_names)
-        channels = channels_of(
-            [n for n, v in zip(variant.spec.feature_names, x, strict=True) if math.isfinite(v)],
-            beat_source=window.beat_source,
-        )
-        k = stress.classes.index("stress")
-        with _THREADS.limit(limits=1, user_api="openmp"):
-            p, contributions = _explain(variant, x, k)
+        for window in windows:
+            inputs, reason = self.assess(window)
+            common: dict[str, Any] = {
+                "subject_id": self.subject_id, "window_start_ns": window.start_ns,
+                "window_end_ns": window.end_ns, "model_version": self.version,
+            }
+            not_estimated = self._not_estimated()
+            variant = None if inputs is None or stress is None else route(inputs, stress.variants)
+            if inputs is None or stress is None or variant is None:
+                channels = sorted(k for k, v in window.coverage.items()
+                                  if v >= self.gate.min_coverage)
+                if inputs is not None and stress is not None:
+                    reason = (f"no variant of model {stress.version} for the channels of this "
+                              f"window ({', '.join(sorted(_groups(inputs))) or 'none'})")
+                out.append(StateEstimate(**common, channels_used=channels, state="withheld",
+                                         reason=reason or "no model",
+                                         not_estimated=not_estimated))
+                continue
+            x = _row(inputs, variant.spec.feature_names)
+            channels = channels_of(
+                [n for n, v in zip(variant.spec.feature_names, x, strict=True)
+                 if math.isfinite(v)],
+                beat_source=window.beat_source,
+            )
             outputs: dict[str, Any] = {}
-            for head in self.heads:
-                if head.target == "stress":
-                    continue
-                hv = route(inputs, head.variants)
-                if hv is None:
-                    not_estimated[_output(head.target)] = (
-                        f"no variant of model {head.version} for the channels of this window")
-                    continue
-                q = np.asarray(hv.classifier.predict_proba(
-                    _row(inputs, hv.spec.feature_names)[None, :]))[0]
-                if head.target == "valence":
-                    outputs["valence"] = _unit(float(q[head.classes.index("high")]))
-                else:
-                    outputs["affect"] = head.classes[decide(q, hv.priors)]
-                    outputs["affect_p"] = {c: _unit(float(v))
-                                           for c, v in zip(head.classes, q, strict=True)}
-        arousal = None
-        if self.arousal is not None:
-            arousal = arousal_score(inputs, self.baseline, config=self.arousal)
-            if arousal is None:
-                not_estimated["arousal"] = "no cardiac or EDA deviation in this window"
-        top = contributions[:3]
-        return StateEstimate(
-            **common, channels_used=channels,
-            state="stress" if decide(p, variant.priors) == k else "non_stress",
-            p_stress=_unit(float(p[k])),
-            variant=variant.spec.name,
-            top_features={c.feature: c.deviation for c in top},
-            explanation=top,
-            arousal=arousal,
-            not_estimated=not_estimated,
-            **outputs,
-        )
+            with _THREADS.limit(limits=1, user_api="openmp"):
+                for head in self.heads:
+                    if head.target == "stress":
+                        continue
+                    hv = route(inputs, head.variants)
+                    if hv is None:
+                        not_estimated[_output(head.target)] = (
+                            f"no variant of model {head.version} for the channels of this "
+                            "window")
+                        continue
+                    q = np.asarray(hv.classifier.predict_proba(
+                        _row(inputs, hv.spec.feature_names)[None, :]))[0]
+                    if head.target == "valence":
+                        outputs["valence"] = _unit(float(q[head.classes.index("high")]))
+                    else:
+                        outputs["affect"] = head.classes[decide(q, hv.priors)]
+                        outputs["affect_p"] = {c: _unit(float(v))
+                                               for c, v in zip(head.classes, q, strict=True)}
+            arousal = None
+            if self.arousal is not None:
+                arousal = arousal_score(inputs, self.baseline, config=self.arousal)
+                if arousal is None:
+                    not_estimated["arousal"] = "no cardiac or EDA deviation in this window"
+            rows, idx = _occlusions(variant, x)
+            pending.append((len(out), variant, rows, idx, {
+                **common, "channels_used": channels, "variant": variant.spec.name,
+                "arousal": arousal, "not_estimated": not_estimated, **outputs}))
+            out.append(None)
+        if pending and stress is not None:
+            k = stress.classes.index("stress")
+            by_variant: dict[int, list[int]] = {}
+            for j, item in enumerate(pending):
+                by_variant.setdefault(id(item[1]), []).append(j)
+            for js in by_variant.values():
+                variant = pending[js[0]][1]
+                with _THREADS.limit(limits=1, user_api="openmp"):
+                    proba = np.asarray(variant.classifier.predict_proba(
+                        np.concatenate([pending[j][2] for j in js])))
+                at = 0
+                for j in js:
+                    slot, _, rows, idx, fields = pending[j]
+                    p = proba[at:at + len(rows)]
+                    at += len(rows)
+                    contributions = _contributions(variant, rows[0], idx, p, k)
+                    top = contributions[:3]
+                    out[slot] = StateEstimate(
+                        **fields,
+                        state="stress" if decide(p[0], variant.priors) == k else "non_stress",
+                        p_stress=_unit(float(p[0, k])),
+                        top_features={c.feature: c.deviation for c in top},
+                        explanation=top,
+                    )
+        return [s for s in out if s is not None]
 
 
 def _output(target: str) -> str:
@@ -469,14 +510,12 @@ def _neutral(name: str) -> float:
     return 0.0 if name.startswith("rel_") or name in ABSOLUTE_FEATURES else math.nan
 
 
-def _explain(
-    variant: Variant, x: np.ndarray, k: int
-) -> tuple[np.ndarray, list[Contribution]]:
-    """Class probabilities of one row and each present input's effect on class ``k``.
+def _occlusions(variant: Variant, x: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """A window's row followed by one row per present input moved back to the baseline.
 
     The effect of an input is how much ``p_stress`` drops when only that input is moved back to
-    the wearer's baseline (an occlusion attribution, Zeiler & Fergus 2014): all rows go through
-    one ``predict_proba`` call, so it costs one batched prediction per window.
+    the wearer's baseline (an occlusion attribution, Zeiler & Fergus 2014); all rows go through
+    one ``predict_proba`` call with the other windows' rows.
     """
     names = variant.spec.feature_names
     idx = [i for i, v in enumerate(x) if math.isfinite(v) and math.isfinite(_neutral(names[i]))
@@ -484,14 +523,21 @@ def _explain(
     rows = np.repeat(x[None, :], 1 + len(idx), axis=0)
     for j, i in enumerate(idx, start=1):
         rows[j, i] = _neutral(names[i])
-    proba = np.asarray(variant.classifier.predict_proba(rows))
+    return rows, idx
+
+
+def _contributions(
+    variant: Variant, x: np.ndarray, idx: Sequence[int], proba: np.ndarray, k: int
+) -> list[Contribution]:
+    """Each occluded input's effect on class ``k``, largest first (see :func:`_occlusions`)."""
+    names = variant.spec.feature_names
     out = []
     for j, i in enumerate(idx, start=1):
         shown, unit, text = describe_deviation(names[i], float(x[i]))
         out.append(Contribution(feature=names[i], deviation=shown, unit=unit,
                                 effect=round(float(proba[0, k] - proba[j, k]), 4), text=text))
     out.sort(key=lambda c: (-abs(c.effect), c.feature))
-    return proba[0], out
+    return out
 
 
 #: Short human names of the model inputs, for explanations.

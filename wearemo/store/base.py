@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -32,11 +33,14 @@ __all__ = [
     "ERASE_KINDS",
     "BatchConflictError",
     "Calibration",
+    "ProcessingCursor",
+    "QueuedBatch",
     "StateStore",
     "StoreBackpressureError",
     "StoreUnavailableError",
     "SubjectSummary",
     "batch_digest",
+    "digest_arrays",
     "window_from_json",
     "window_to_json",
 ]
@@ -155,11 +159,66 @@ def batch_digest(batch: SampleBatch) -> str:
     >>> batch_digest(b) == batch_digest(b.model_copy(update={"seq": 7}))
     True
     """
+    return digest_arrays(batch.device_id, batch.channel, batch.times_ns(), batch.values_array())
+
+
+def digest_arrays(device_id: str, channel: Channel, times_ns: np.ndarray,
+                  values: np.ndarray) -> str:
+    """:func:`batch_digest` from a batch's arrays, for callers that already hold them.
+
+    Example
+    -------
+    >>> b = SampleBatch(batch_id="b", subject_id="s", device_id="d", channel="eda",
+    ...                 start_ns=0, rate_hz=4.0, values=[1.0])
+    >>> digest_arrays("d", b.channel, b.times_ns(), b.values_array()) == batch_digest(b)
+    True
+    """
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{batch.device_id}|{batch.channel.value}|".encode())
-    h.update(batch.times_ns().tobytes())
-    h.update(np.ascontiguousarray(batch.values_array(), dtype="<f8").tobytes())
+    h.update(f"{device_id}|{Channel(channel).value}|".encode())
+    h.update(np.ascontiguousarray(times_ns, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
     return h.hexdigest()
+
+
+class ProcessingCursor(BaseModel):
+    """How far the pipeline has processed a subject's stored batches (the durable queue).
+
+    Attributes
+    ----------
+    subject_id
+        The subject.
+    seq
+        Arrival number (store-assigned, increasing) of the last processed batch; 0 for none.
+    end_ns
+        Latest sample time among the processed batches (``None`` when none).
+
+    Example
+    -------
+    >>> ProcessingCursor(subject_id="s1", seq=0).end_ns is None
+    True
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    subject_id: str
+    seq: int = Field(default=0, ge=0)
+    end_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedBatch:
+    """A stored batch with its arrival number (its place in the processing queue).
+
+    Example
+    -------
+    >>> b = SampleBatch(batch_id="b", subject_id="s", device_id="d", channel="eda",
+    ...                 start_ns=0, rate_hz=4.0, values=[1.0])
+    >>> QueuedBatch(7, b).seq
+    7
+    """
+
+    seq: int
+    batch: SampleBatch
 
 
 @runtime_checkable
@@ -177,8 +236,34 @@ class StateStore(Protocol):
         """
         ...
 
+    def add_batches(self, batches: Sequence[SampleBatch]) -> list[bool]:
+        """Store batches atomically (one transaction); per batch as :meth:`add_batch`.
+
+        Raises :class:`BatchConflictError` (and stores none) if an id is stored with other
+        content.
+        """
+        ...
+
     def has_batch(self, subject_id: str, batch_id: str) -> bool:
         """Whether the batch id of this subject is already stored."""
+        ...
+
+    def pending_batches(
+        self, subject_id: str, *, after_seq: int, limit: int = 1000
+    ) -> list[QueuedBatch]:
+        """Stored batches of a subject with arrival number ``> after_seq``, in arrival order."""
+        ...
+
+    def processing_cursor(self, subject_id: str) -> ProcessingCursor:
+        """The subject's processing cursor (``seq=0`` when nothing was processed)."""
+        ...
+
+    def set_processing_cursor(self, cursor: ProcessingCursor) -> None:
+        """Record that the subject's batches up to ``cursor.seq`` are processed."""
+        ...
+
+    def pending_counts(self) -> dict[str, tuple[int, int]]:
+        """Subject -> ``(batches, samples)`` stored after its processing cursor."""
         ...
 
     def add_windows(self, windows: Sequence[FeatureWindow]) -> None:
@@ -223,8 +308,10 @@ class StateStore(Protocol):
         start_ns: int | None = None,
         end_ns: int | None = None,
         limit: int = 10_000,
+        through_seq: int | None = None,
     ) -> list[SampleBatch]:
-        """Stored batches with samples in ``[start_ns, end_ns)``, as sent, by ``start_ns``."""
+        """Stored batches with samples in ``[start_ns, end_ns)``, as sent, by ``start_ns``;
+        only those with arrival number ``<= through_seq`` when it is given."""
         ...
 
     def samples(

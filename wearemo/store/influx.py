@@ -58,6 +58,8 @@ from wearemo.samples import CHANNEL_AXES, Channel, ChannelSamples, SampleBatch
 from wearemo.store.base import (
     BatchConflictError,
     Calibration,
+    ProcessingCursor,
+    QueuedBatch,
     StoreBackpressureError,
     StoreUnavailableError,
     SubjectSummary,
@@ -175,7 +177,24 @@ CREATE TABLE IF NOT EXISTS known (
     PRIMARY KEY (subject_id, batch_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS known_last ON known (subject_id, channel, end_ns);
+CREATE TABLE IF NOT EXISTS queue (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject_id TEXT    NOT NULL,
+    batch_id   TEXT    NOT NULL,
+    n_samples  INTEGER NOT NULL,
+    body       TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_subject ON queue (subject_id, seq);
+CREATE TABLE IF NOT EXISTS processing (
+    subject_id TEXT    NOT NULL PRIMARY KEY,
+    batch_seq  INTEGER NOT NULL,
+    end_ns     INTEGER
+) WITHOUT ROWID;
 """
+
+
+#: What one batch puts in the outbox: its lines, its ``known`` row, its ``queue`` row.
+_Entry = tuple[list[str], tuple[str, str, str, str, int] | None, tuple[str, str, int, str] | None]
 
 
 class InfluxStore:
@@ -281,6 +300,17 @@ class InfluxStore:
         Raises :class:`BatchConflictError` if the id is stored with different content, and
         :class:`StoreBackpressureError` when the outbox is full.
         """
+        return self.add_batches([batch])[0]
+
+    def add_batches(self, batches: Sequence[SampleBatch]) -> list[bool]:
+        """:meth:`add_batch` for several batches in one outbox transaction (all or nothing).
+
+        Each new batch also enters the local processing queue (same transaction), which the
+        pipeline reads back with :meth:`pending_batches`.
+        """
+        return self._enqueue_many([self._batch_entry(b) for b in batches])
+
+    def _batch_entry(self, batch: SampleBatch) -> _Entry | None:
         digest = batch_digest(batch)
         stored = self._stored_digest(batch.subject_id, batch.batch_id)
         if stored is not None:
@@ -289,7 +319,7 @@ class InfluxStore:
                     f"batch_id {batch.batch_id!r} of subject {batch.subject_id!r} was already "
                     "stored with different content"
                 )
-            return False
+            return None
         times = batch.times_ns()
         tags = (f"channel={line_tag(batch.channel.value)},device={line_tag(batch.device_id)},"
                 f"subject={line_tag(batch.subject_id)}")
@@ -306,7 +336,9 @@ class InfluxStore:
             ("start_ns", batch.start_ns), ("rate_hz", batch.rate_hz), ("seq", batch.seq),
             ("received_ns", time.time_ns())]) + f" {end_ns}")
         known = (batch.subject_id, batch.batch_id, batch.channel.value, digest, end_ns)
-        return self._enqueue(lines, known=known)
+        queued = (batch.subject_id, batch.batch_id, batch.n_samples,
+                  batch.model_dump_json(exclude_none=True))
+        return lines, known, queued
 
     def has_batch(self, subject_id: str, batch_id: str) -> bool:
         """Whether the batch id of this subject is stored (or queued to be)."""
@@ -348,24 +380,19 @@ class InfluxStore:
                           ("windows_used", c.windows_used), ("created_ns", c.created_ns)])
         self._enqueue([f"calibrations,subject={line_tag(c.subject_id)} {fields} {c.end_ns}"])
 
-    def _enqueue(
-        self, lines: list[str], *, known: tuple[str, str, str, str, int] | None = None
-    ) -> bool:
-        body = "\n".join(lines).encode()
+    def _enqueue(self, lines: list[str]) -> None:
+        self._enqueue_many([(lines, None, None)])
+
+    def _enqueue_many(self, entries: Sequence[_Entry | None]) -> list[bool]:
+        """Write entries to the outbox in one transaction; per entry whether it was new
+        (``None`` entries, and batches another thread stored meanwhile, are not)."""
+        bodies = [None if e is None else "\n".join(e[0]).encode() for e in entries]
+        size = sum(len(b) for b in bodies if b is not None)
+        out: list[bool] = []
         with self._lock:
             if self._closed:
                 raise RuntimeError("InfluxStore is closed")
-            if known is not None:
-                row = self._db.execute(
-                    "SELECT digest FROM known WHERE subject_id = ? AND batch_id = ?", known[:2]
-                ).fetchone()
-                if row is not None:  # stored by another thread since our check
-                    if row[0] != known[3]:
-                        raise BatchConflictError(
-                            f"batch_id {known[1]!r} of subject {known[0]!r} was already "
-                            "stored with different content")
-                    return False
-            if self._buffered_bytes + len(body) > self.buffer_max_bytes:
+            if self._buffered_bytes + size > self.buffer_max_bytes:
                 raise StoreBackpressureError(
                     f"InfluxDB write buffer full ({self._buffered_bytes} of "
                     f"{self.buffer_max_bytes} bytes waiting; server: "
@@ -374,17 +401,94 @@ class InfluxStore:
                 )
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("INSERT INTO outbox (body, n_lines) VALUES (?, ?)",
-                                 (body, len(lines)))
-                if known is not None:
-                    self._db.execute("INSERT INTO known VALUES (?, ?, ?, ?, ?)", known)
+                for entry, body in zip(entries, bodies, strict=True):
+                    if entry is None or body is None:
+                        out.append(False)
+                        continue
+                    lines, known, queued = entry
+                    if known is not None:
+                        row = self._db.execute(
+                            "SELECT digest FROM known WHERE subject_id = ? AND batch_id = ?",
+                            known[:2]).fetchone()
+                        if row is not None:  # stored by another thread since our check
+                            if row[0] != known[3]:
+                                raise BatchConflictError(
+                                    f"batch_id {known[1]!r} of subject {known[0]!r} was "
+                                    "already stored with different content")
+                            out.append(False)
+                            continue
+                    self._db.execute("INSERT INTO outbox (body, n_lines) VALUES (?, ?)",
+                                     (body, len(lines)))
+                    if known is not None:
+                        self._db.execute("INSERT INTO known VALUES (?, ?, ?, ?, ?)", known)
+                    if queued is not None:
+                        self._db.execute("INSERT INTO queue (subject_id, batch_id, n_samples, "
+                                         "body) VALUES (?, ?, ?, ?)", queued)
+                    self._buffered_bytes += len(body)
+                    out.append(True)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._buffered_bytes = int(self._db.execute(
+                    "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM outbox").fetchone()[0])
+                raise
+            self._changed.notify_all()
+        return out
+
+    # -- the processing queue (local: the pipeline's durable work list) ------------------------
+
+    def pending_batches(self, subject_id: str, *, after_seq: int,
+                        limit: int = 1000) -> list[QueuedBatch]:
+        """Queued batches of a subject after ``after_seq``, in arrival order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, body FROM queue WHERE subject_id = ? AND seq > ? ORDER BY seq "
+                "LIMIT ?", (subject_id, int(after_seq), int(limit))).fetchall()
+        return [QueuedBatch(int(seq), SampleBatch.model_validate_json(body))
+                for seq, body in rows]
+
+    def processing_cursor(self, subject_id: str) -> ProcessingCursor:
+        """The subject's processing cursor.
+
+        A subject without one was processed inline before the queue existed (or not at all):
+        everything stored counts as processed, up to its latest sample.
+        """
+        with self._lock:
+            row = self._db.execute("SELECT batch_seq, end_ns FROM processing WHERE "
+                                   "subject_id = ?", (subject_id,)).fetchone()
+            if row is not None:
+                return ProcessingCursor(subject_id=subject_id, seq=int(row[0]),
+                                        end_ns=None if row[1] is None else int(row[1]))
+            first = self._db.execute("SELECT MIN(seq) FROM queue WHERE subject_id = ?",
+                                     (subject_id,)).fetchone()[0]
+        marks = [t for ch in Channel if (t := self.last_sample_ns(subject_id, ch)) is not None]
+        if first is not None:  # queued before any processing: nothing of it is done
+            return ProcessingCursor(subject_id=subject_id, seq=int(first) - 1,
+                                    end_ns=None)
+        return ProcessingCursor(subject_id=subject_id, end_ns=max(marks) if marks else None)
+
+    def set_processing_cursor(self, cursor: ProcessingCursor) -> None:
+        """Record the cursor and drop the processed batches from the local queue."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT OR REPLACE INTO processing VALUES (?, ?, ?)",
+                                 (cursor.subject_id, cursor.seq, cursor.end_ns))
+                self._db.execute("DELETE FROM queue WHERE subject_id = ? AND seq <= ?",
+                                 (cursor.subject_id, cursor.seq))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._buffered_bytes += len(body)
-            self._changed.notify_all()
-        return True
+
+    def pending_counts(self) -> dict[str, tuple[int, int]]:
+        """Subject -> ``(batches, samples)`` queued after its cursor."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT q.subject_id, COUNT(*), SUM(q.n_samples) FROM queue q LEFT JOIN "
+                "processing p ON p.subject_id = q.subject_id "
+                "WHERE q.seq > COALESCE(p.batch_seq, 0) GROUP BY q.subject_id").fetchall()
+        return {str(sid): (int(n), int(k)) for sid, n, k in rows}
 
     # -- the sender -------------------------------------------------------------------------
 
@@ -656,8 +760,17 @@ class InfluxStore:
 
     def batches(self, subject_id: str, *, channel: Channel | None = None,
                 start_ns: int | None = None, end_ns: int | None = None,
-                limit: int = 10_000) -> list[SampleBatch]:
-        """Stored batches with samples in ``[start_ns, end_ns)``, as sent, by ``start_ns``."""
+                limit: int = 10_000, through_seq: int | None = None) -> list[SampleBatch]:
+        """Stored batches with samples in ``[start_ns, end_ns)``, as sent, by ``start_ns``;
+        with ``through_seq``, without those still queued after it (not yet processed)."""
+        if through_seq is not None:
+            with self._lock:
+                later = {r[0] for r in self._db.execute(
+                    "SELECT batch_id FROM queue WHERE subject_id = ? AND seq > ?",
+                    (subject_id, int(through_seq)))}
+            return [b for b in self.batches(subject_id, channel=channel, start_ns=start_ns,
+                                            end_ns=end_ns, limit=limit)
+                    if b.batch_id not in later]
         where = self._where(subject_id, start_ns=start_ns)  # time = the batch's last sample
         if channel is not None:
             where += f' AND "channel" = {influxql_str(Channel(channel).value)}'
@@ -786,6 +899,8 @@ class InfluxStore:
             self._delete(m, {"subject": subject_id})
         with self._lock:
             self._db.execute("DELETE FROM known WHERE subject_id = ?", (subject_id,))
+            self._db.execute("DELETE FROM queue WHERE subject_id = ?", (subject_id,))
+            self._db.execute("DELETE FROM processing WHERE subject_id = ?", (subject_id,))
             self._remote_last = {k: v for k, v in self._remote_last.items()
                                  if k[0] != subject_id}
         return counts

@@ -18,11 +18,17 @@ Layout (schema version 3):
     State estimates with every field, keyed on ``(subject_id, window_end_ns)``.
 ``calibrations``
     The latest personal-baseline calibration period of each subject, keyed on ``subject_id``.
+``processing``
+    Per subject, the processing cursor: the ``batches.id`` (arrival order) of the last batch
+    the pipeline has turned into windows and states, and the latest sample time among the
+    processed batches. Batches after it are the durable processing queue: accepted, stored,
+    not yet processed (see :meth:`SQLiteStore.pending_batches`).
 
 Older files are upgraded in place when opened: schema 2 added the states' arousal and affect
-columns, schema 3 the ``calibrations`` table. Version 3 is not optional for older wearemo: it
-would ignore a subject's calibration and silently fall back to the warm-up baseline, so it
-refuses the file instead.
+columns, schema 3 the ``calibrations`` table, schema 4 the ``processing`` cursors (set to
+"everything processed", which is what earlier versions did inline). Versions 3 and 4 are not
+optional for older wearemo: it would ignore a subject's calibration (and, in 4, leave the
+processing cursors behind), so it refuses the file instead.
 
 The database runs in WAL mode with ``synchronous=NORMAL`` (a commit survives a process crash;
 a power cut may lose the last transactions but never corrupts the file). One connection is
@@ -51,20 +57,22 @@ import numpy as np
 
 from wearemo.features.window import FeatureWindow
 from wearemo.model.state import StateEstimate
-from wearemo.samples import CHANNEL_AXES, Channel, ChannelSamples, SampleBatch
+from wearemo.samples import CHANNEL_AXES, CHANNEL_UNITS, Channel, ChannelSamples, SampleBatch
 from wearemo.store.base import (
     ERASE_KINDS,
     BatchConflictError,
     Calibration,
+    ProcessingCursor,
+    QueuedBatch,
     SubjectSummary,
-    batch_digest,
+    digest_arrays,
     window_from_json,
     window_to_json,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -122,6 +130,11 @@ CREATE TABLE IF NOT EXISTS calibrations (
     windows_through_ns INTEGER NOT NULL,
     windows_used       INTEGER NOT NULL,
     created_ns         INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS processing (
+    subject_id TEXT    NOT NULL PRIMARY KEY,
+    batch_seq  INTEGER NOT NULL,
+    end_ns     INTEGER
 ) WITHOUT ROWID;
 """
 
@@ -193,6 +206,8 @@ class SQLiteStore:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                tables = {r[0] for r in self._conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._conn.execute(statement)  # IF NOT EXISTS: idempotent
@@ -200,6 +215,12 @@ class SQLiteStore:
                 for column, alter in _STATE_MIGRATIONS.items():
                     if column not in have:
                         self._conn.execute(alter)
+                if "batches" in tables and "processing" not in tables:
+                    # Schema < 4 processed every batch inline: all stored batches are done.
+                    self._conn.execute(
+                        "INSERT INTO processing SELECT subject_id, MAX(id), MAX(end_ns) "
+                        "FROM batches GROUP BY subject_id"
+                    )
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -219,67 +240,92 @@ class SQLiteStore:
         ...             start_ns=0, rate_hz=1.0, values=[60.0]))
         True
         """
-        digest = batch_digest(batch)
-        times = batch.times_ns()
-        end_ns = int(times[-1])
-        vals = np.ascontiguousarray(batch.values_array(), dtype="<f8").tobytes()
-        times_blob = None if batch.rate_hz is not None else times.astype("<i8").tobytes()
+        return self.add_batches([batch])[0]
+
+    def add_batches(self, batches: Sequence[SampleBatch]) -> list[bool]:
+        """Store batches in one transaction; per batch ``False`` if its id was already stored.
+
+        All or nothing: a :class:`BatchConflictError` (an id already stored with other content)
+        stores none of them. One transaction per request is what makes ingest cheap: a commit
+        costs more than the inserts of a whole request.
+
+        Example
+        -------
+        >>> s = SQLiteStore(":memory:")
+        >>> b = SampleBatch(batch_id="b", subject_id="s", device_id="d", channel="hr",
+        ...                 start_ns=0, rate_hz=1.0, values=[60.0])
+        >>> s.add_batches([b, b.model_copy(update={"batch_id": "c", "start_ns": 10**9})])
+        [True, True]
+        """
+        rows = []
+        for batch in batches:
+            times = batch.times_ns()
+            values = np.ascontiguousarray(batch.values_array(), dtype="<f8")
+            rows.append((
+                batch,
+                int(times[-1]),
+                values.tobytes(),
+                None if batch.rate_hz is not None else times.astype("<i8").tobytes(),
+                digest_arrays(batch.device_id, batch.channel, times, values),
+            ))
+        out: list[bool] = []
         with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for batch, end_ns, vals, times_blob, digest in rows:
+                    out.append(self._insert_batch(batch, end_ns, vals, times_blob, digest))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return out
+
+    def _insert_batch(
+        self, batch: SampleBatch, end_ns: int, vals: bytes, times_blob: bytes | None,
+        digest: str,
+    ) -> bool:
+        # Inside a transaction. ON CONFLICT DO NOTHING also covers another process that stored
+        # the same id between a caller's check and this insert.
+        cur = self._conn.execute(
+            "INSERT INTO batches (subject_id, batch_id, device_id, channel, start_ns, "
+            "end_ns, n_samples, rate_hz, seq, times, vals, digest, received_ns) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (subject_id, batch_id) DO NOTHING",
+            (
+                batch.subject_id,
+                batch.batch_id,
+                batch.device_id,
+                batch.channel.value,
+                batch.start_ns,
+                end_ns,
+                batch.n_samples,
+                batch.rate_hz,
+                batch.seq,
+                times_blob,
+                vals,
+                digest,
+                time.time_ns(),
+            ),
+        )
+        if cur.rowcount == 0:
             row = self._conn.execute(
                 "SELECT digest FROM batches WHERE subject_id = ? AND batch_id = ?",
                 (batch.subject_id, batch.batch_id),
             ).fetchone()
-            if row is not None:
-                if row[0] != digest:
-                    raise BatchConflictError(
-                        f"batch_id {batch.batch_id!r} of subject {batch.subject_id!r} was already "
-                        "stored with different content"
-                    )
-                return False
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute(
-                    "INSERT INTO batches (subject_id, batch_id, device_id, channel, start_ns, "
-                    "end_ns, n_samples, rate_hz, seq, times, vals, digest, received_ns) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        batch.subject_id,
-                        batch.batch_id,
-                        batch.device_id,
-                        batch.channel.value,
-                        batch.start_ns,
-                        end_ns,
-                        batch.n_samples,
-                        batch.rate_hz,
-                        batch.seq,
-                        times_blob,
-                        vals,
-                        digest,
-                        time.time_ns(),
-                    ),
+            if row is not None and row[0] != digest:
+                raise BatchConflictError(
+                    f"batch_id {batch.batch_id!r} of subject {batch.subject_id!r} was already "
+                    "stored with different content"
                 )
-                self._conn.execute(
-                    "INSERT INTO channels VALUES (?, ?, 1, ?, ?, ?) "
-                    "ON CONFLICT (subject_id, channel) DO UPDATE SET "
-                    "batches = batches + 1, samples = samples + excluded.samples, "
-                    "first_sample_ns = MIN(first_sample_ns, excluded.first_sample_ns), "
-                    "last_sample_ns = MAX(last_sample_ns, excluded.last_sample_ns)",
-                    (
-                        batch.subject_id,
-                        batch.channel.value,
-                        batch.n_samples,
-                        batch.start_ns,
-                        end_ns,
-                    ),
-                )
-                self._conn.execute("COMMIT")
-            except sqlite3.IntegrityError:
-                # another process stored the same id between our check and insert
-                self._conn.execute("ROLLBACK")
-                return False
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+            return False
+        self._conn.execute(
+            "INSERT INTO channels VALUES (?, ?, 1, ?, ?, ?) "
+            "ON CONFLICT (subject_id, channel) DO UPDATE SET "
+            "batches = batches + 1, samples = samples + excluded.samples, "
+            "first_sample_ns = MIN(first_sample_ns, excluded.first_sample_ns), "
+            "last_sample_ns = MAX(last_sample_ns, excluded.last_sample_ns)",
+            (batch.subject_id, batch.channel.value, batch.n_samples, batch.start_ns, end_ns),
+        )
         return True
 
     def has_batch(self, subject_id: str, batch_id: str) -> bool:
@@ -299,8 +345,12 @@ class SQLiteStore:
         start_ns: int | None = None,
         end_ns: int | None = None,
         limit: int = 10_000,
+        through_seq: int | None = None,
     ) -> list[SampleBatch]:
         """Stored batches with samples in ``[start_ns, end_ns)``, as sent, by ``start_ns``.
+
+        ``through_seq`` keeps only batches with arrival number (``id``) up to it: the
+        processed ones, when it is the processing cursor.
 
         Example
         -------
@@ -308,7 +358,7 @@ class SQLiteStore:
         []
         """
         sql = (
-            "SELECT batch_id, device_id, channel, start_ns, rate_hz, seq, times, vals "
+            "SELECT id, batch_id, device_id, channel, start_ns, rate_hz, seq, times, vals "
             "FROM batches WHERE subject_id = ?"
         )
         args: list[object] = [subject_id]
@@ -321,31 +371,91 @@ class SQLiteStore:
         if end_ns is not None:
             sql += " AND start_ns < ?"
             args.append(int(end_ns))
+        if through_seq is not None:
+            sql += " AND id <= ?"
+            args.append(int(through_seq))
         with self._lock:
             rows = self._conn.execute(
                 sql + " ORDER BY start_ns, id LIMIT ?", [*args, int(limit)]
             ).fetchall()
-        out = []
-        for batch_id, device_id, ch, b_start, rate_hz, seq, times_blob, vals_blob in rows:
-            values = np.frombuffer(vals_blob, dtype="<f8")
-            if CHANNEL_AXES[Channel(ch)] == 3:
-                values = values.reshape(-1, 3)
-            out.append(
-                SampleBatch(
-                    batch_id=batch_id,
-                    subject_id=subject_id,
-                    device_id=device_id,
-                    channel=ch,
-                    start_ns=b_start,
-                    rate_hz=rate_hz,
-                    timestamps_ns=None
-                    if times_blob is None
-                    else np.frombuffer(times_blob, dtype="<i8").tolist(),
-                    values=values.tolist(),
-                    seq=seq,
-                )
-            )
-        return out
+        return [_batch_from_row(subject_id, row).batch for row in rows]
+
+    def pending_batches(
+        self, subject_id: str, *, after_seq: int, limit: int = 1000
+    ) -> list[QueuedBatch]:
+        """Batches of a subject stored after ``after_seq`` (arrival number), in arrival order.
+
+        Example
+        -------
+        >>> s = SQLiteStore(":memory:")
+        >>> _ = s.add_batch(SampleBatch(batch_id="b", subject_id="s", device_id="d",
+        ...                             channel="hr", start_ns=0, rate_hz=1.0, values=[60.0]))
+        >>> [(q.seq, q.batch.batch_id) for q in s.pending_batches("s", after_seq=0)]
+        [(1, 'b')]
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, batch_id, device_id, channel, start_ns, rate_hz, seq, times, vals "
+                "FROM batches WHERE id > ? AND subject_id = ? ORDER BY id LIMIT ?",
+                (int(after_seq), subject_id, int(limit)),
+            ).fetchall()
+        return [_batch_from_row(subject_id, row) for row in rows]
+
+    def processing_cursor(self, subject_id: str) -> ProcessingCursor:
+        """The subject's processing cursor (``seq=0``: nothing processed yet)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT batch_seq, end_ns FROM processing WHERE subject_id = ?", (subject_id,)
+            ).fetchone()
+        if row is None:
+            return ProcessingCursor(subject_id=subject_id)
+        return ProcessingCursor(subject_id=subject_id, seq=int(row[0]),
+                                end_ns=None if row[1] is None else int(row[1]))
+
+    def set_processing_cursor(self, cursor: ProcessingCursor) -> None:
+        """Record that the subject's batches up to ``cursor.seq`` are processed.
+
+        Example
+        -------
+        >>> s = SQLiteStore(":memory:")
+        >>> s.set_processing_cursor(ProcessingCursor(subject_id="s", seq=3, end_ns=9))
+        >>> s.processing_cursor("s").seq
+        3
+        """
+        self._write_many(
+            "INSERT OR REPLACE INTO processing (subject_id, batch_seq, end_ns) VALUES (?, ?, ?)",
+            [(cursor.subject_id, cursor.seq, cursor.end_ns)],
+        )
+
+    def pending_counts(self) -> dict[str, tuple[int, int]]:
+        """Subject -> ``(batches, samples)`` stored after its processing cursor.
+
+        Example
+        -------
+        >>> SQLiteStore(":memory:").pending_counts()
+        {}
+        """
+        with self._lock:
+            # Only the tail after the oldest cursor is read (a rowid range; NOT INDEXED keeps
+            # the planner from scanning an index in subject order instead): this runs at every
+            # start. Subjects never processed have no cursor row; their first batch bounds the
+            # range. A long-idle subject's old cursor still widens the range (worst case: the
+            # whole table, as a plain GROUP BY would read).
+            lo = self._conn.execute(
+                "SELECT MIN(m) FROM ("
+                "SELECT MIN(batch_seq) AS m FROM processing UNION ALL "
+                "SELECT MIN(id) - 1 FROM batches WHERE subject_id IN ("
+                "SELECT subject_id FROM channels EXCEPT SELECT subject_id FROM processing))"
+            ).fetchone()[0]
+            if lo is None:
+                return {}
+            rows = self._conn.execute(
+                "SELECT b.subject_id, COUNT(*), SUM(b.n_samples) FROM batches b NOT INDEXED "
+                "LEFT JOIN processing p ON p.subject_id = b.subject_id "
+                "WHERE b.id > ? AND b.id > COALESCE(p.batch_seq, 0) GROUP BY b.subject_id",
+                (int(lo),),
+            ).fetchall()
+        return {str(sid): (int(n), int(k)) for sid, n, k in rows}
 
     def samples(
         self,
@@ -612,6 +722,7 @@ class SQLiteStore:
                 "states": (where, (subject_id,)),
                 "calibrations": (where, (subject_id,)),
                 "channels": (where, (subject_id,)),
+                "processing": (where, (subject_id,)),
             }
         )
 
@@ -715,6 +826,29 @@ class SQLiteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _batch_from_row(subject_id: str, row: tuple[Any, ...]) -> QueuedBatch:
+    rowid, batch_id, device_id, ch, b_start, rate_hz, seq, times_blob, vals_blob = row
+    channel = Channel(ch)
+    values = np.frombuffer(vals_blob, dtype="<f8")
+    if CHANNEL_AXES[channel] == 3:
+        values = values.reshape(-1, 3)
+    # Validated when it was accepted and stored bit-exact since: skip re-validation, which
+    # costs more than the read itself.
+    batch = SampleBatch.model_construct(
+        batch_id=batch_id,
+        subject_id=subject_id,
+        device_id=device_id,
+        channel=channel,
+        start_ns=int(b_start),
+        rate_hz=rate_hz,
+        timestamps_ns=None if times_blob is None else np.frombuffer(times_blob, "<i8").tolist(),
+        values=values.tolist(),
+        unit=CHANNEL_UNITS[channel],
+        seq=seq,
+    )
+    return QueuedBatch(int(rowid), batch)
 
 
 def _state_from_row(row: tuple[Any, ...]) -> StateEstimate:

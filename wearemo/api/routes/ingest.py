@@ -1,11 +1,31 @@
-"""``POST /v1/ingest``: sample batches in, windows and states out (into the store)."""
+"""Ingest: ``POST /v1/ingest`` (JSON or msgpack), ``/v1/ingest/ws`` and the processing lag.
+
+Every form takes the same :class:`~wearemo.api.schemas.IngestRequest` (see
+:mod:`wearemo.api.wire`), is checked against the same per-client rate limits and answers with
+the same per-batch results, so a client can switch forms without changing its logic.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+import json
+from typing import Any
 
-from wearemo.api.deps import IngestPrincipal, PipelineDep, SettingsDep, audit_context
+from fastapi import APIRouter, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+
+from wearemo.api.audit import AuditContext, AuditEntry
+from wearemo.api.auth import Principal
+from wearemo.api.deps import (
+    IngestPrincipal,
+    LimiterDep,
+    PipelineDep,
+    SettingsDep,
+    audit_context,
+    get_resources,
+)
+from wearemo.api.errors import validation_issues
+from wearemo.api.limits import RateLimiter, retry_after
 from wearemo.api.schemas import (
     AUTH_ERRORS,
     BatchOutcome,
@@ -14,80 +34,77 @@ from wearemo.api.schemas import (
     ErrorResponse,
     IngestRequest,
     IngestResponse,
+    ProcessingLagResponse,
     ValidationResponse,
 )
+from wearemo.api.wire import JSON, MSGPACK, UnsupportedMediaTypeError, parse_ingest_body
+from wearemo.ingest import IngestReport
+from wearemo.pipeline import Pipeline, PipelineBusyError
 
-__all__ = ["router"]
+__all__ = ["WS_CLOSE_RATE_ABUSE", "WS_CLOSE_TOO_BIG", "document_bodies", "router"]
 
 router = APIRouter(tags=["ingest"], responses=AUTH_ERRORS)
 
+#: WebSocket close codes (RFC 6455): a message over ``max_request_bytes``, and a client that
+#: keeps sending while refused for its rate (``_WS_MAX_REFUSALS`` answers in a row).
+WS_CLOSE_TOO_BIG = 1009
+WS_CLOSE_RATE_ABUSE = 1008
+_WS_MAX_REFUSALS = 20
 
-@router.post(
-    "/v1/ingest",
-    responses={
-        409: {
-            "model": ConflictResponse,
-            "description": "A batch overlaps earlier data of its channel or re-uses a batch id "
-            "with different content; batches before it stay stored.",
-        },
-        413: {"model": ErrorResponse, "description": "Request body too large."},
-        422: {"model": ValidationResponse, "description": "Invalid batch (the field is named)."},
-    },
-)
-def ingest(
-    body: IngestRequest,
-    pipeline: PipelineDep,
-    settings: SettingsDep,
-    principal: IngestPrincipal,
-    request: Request,
-) -> IngestResponse:
-    """Store sample batches and run them through the per-subject streaming pipeline.
 
-    Every batch's subject must be within the key's grant: a request with one foreign subject
-    is refused whole with HTTP 403 naming the first such batch, and nothing of it is stored.
-    Batches are processed in order. A batch whose ``batch_id`` is already stored for its subject
-    is reported as ``duplicate`` and not stored again, so retrying a whole request is safe. A
-    batch that starts at or before the last stored sample of its channel stops the request with
-    HTTP 409; the batches before it stay stored.
-    """
-    # A plain sync handler: FastAPI runs it in the thread pool, off the event loop.
-    n = len(body.batches)
-    if n > settings.max_batches_per_request:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "too_long",
-                    "loc": ("body", "batches"),
-                    "msg": f"batches: {n} batches in one request; at most "
-                    f"{settings.max_batches_per_request} are accepted (split the upload)",
-                }
-            ]
-        )
-    ctx = audit_context(request)
+class _RefusedError(Exception):
+    """An ingest request answered with an error status (HTTP or per WebSocket message)."""
+
+    def __init__(self, status: int, detail: Any, retry_after_s: str | None = None) -> None:
+        self.status, self.detail, self.retry_after_s = status, detail, retry_after_s
+
+
+def _authorize(body: IngestRequest, principal: Principal, ctx: AuditContext) -> None:
+    """Refuse (403) a request with any batch outside the key's grant, before anything is
+    stored; record whose data the request concerns for the audit log."""
     for b in body.batches:
         ctx.touch(b.subject_id)
-    ctx.detail = f"{n} batches"
-    for i, b in enumerate(body.batches):  # before anything is stored
+    ctx.detail = f"{len(body.batches)} batches"
+    for i, b in enumerate(body.batches):
         if not principal.reaches(b.subject_id):
-            raise HTTPException(
-                status_code=403,
-                detail=f"batches.{i}.subject_id: key {principal.key_id} ({principal.role}) may "
-                f"not write subject {b.subject_id!r}; nothing of this request was stored",
-            )
-    report = pipeline.ingest(body.batches)
+            raise _RefusedError(
+                403, f"batches.{i}.subject_id: key {principal.key_id} ({principal.role}) may "
+                f"not write subject {b.subject_id!r}; nothing of this request was stored")
+
+
+def _rate_key(principal: Principal) -> str:
+    # Per key, not per address: several devices share a NAT address, one key may roam.
+    return f"key:{principal.key_id}"
+
+
+def _accept(
+    body: IngestRequest, client: str, pipeline: Pipeline, limiter: RateLimiter
+) -> IngestResponse:
+    """Rate-limit, then store (and in inline mode process) one validated request."""
+    samples = sum(b.n_samples for b in body.batches)
+    wait = limiter.acquire(client, samples=samples)
+    if wait is not None:
+        raise _RefusedError(429, f"rate limit: too many requests or samples from this client "
+                       f"({samples} samples in this one); retry after {wait:.2f} s",
+                       retry_after(wait))
+    try:
+        report = pipeline.ingest(body.batches)
+    except PipelineBusyError as exc:
+        raise _RefusedError(503, str(exc), str(exc.retry_after_s)) from None
+    return _response(report)
+
+
+def _response(report: IngestReport) -> IngestResponse:
     rejected, index = report.rejected, report.rejected_index
     if rejected is not None and index is not None:
         earlier = report.results[:index]
-        raise HTTPException(
-            status_code=409,
-            detail=ConflictDetail(
-                field=f"batches.{index}.{rejected.field}",
-                message=rejected.reason or "rejected",
-                batch_id=rejected.batch_id,
-                stored_before=[r.batch_id for r in earlier if r.status == "stored"],
-                duplicates_before=[r.batch_id for r in earlier if r.status == "duplicate"],
-            ).model_dump(),
-        )
+        raise _RefusedError(409, ConflictDetail(
+            field=f"batches.{index}.{rejected.field}",
+            message=rejected.reason or "rejected",
+            batch_id=rejected.batch_id,
+            stored_before=[r.batch_id for r in earlier if r.status == "stored"],
+            duplicates_before=[r.batch_id for r in earlier if r.status == "duplicate"],
+        ).model_dump())
     return IngestResponse(
         stored=report.stored,
         duplicates=report.duplicates,
@@ -100,3 +117,178 @@ def ingest(
             for r in report.results
         ],
     )
+
+
+@router.post(
+    "/v1/ingest",
+    responses={
+        409: {
+            "model": ConflictResponse,
+            "description": "A batch overlaps earlier data of its channel or re-uses a batch id "
+            "with different content; batches before it stay stored.",
+        },
+        413: {"model": ErrorResponse, "description": "Request body too large."},
+        415: {"model": ErrorResponse, "description": "Content-Type neither JSON nor msgpack."},
+        422: {"model": ValidationResponse, "description": "Invalid batch (the field is named)."},
+        429: {"model": ErrorResponse, "description": "Over this client's rate limit; retry "
+              "after Retry-After seconds (nothing of the request was stored)."},
+        503: {"model": ErrorResponse, "description": "Background processing lags too far "
+              "behind; retry after Retry-After seconds (nothing of the request was stored)."},
+    },
+)
+async def ingest(
+    request: Request, pipeline: PipelineDep, settings: SettingsDep, limiter: LimiterDep,
+    principal: IngestPrincipal,
+) -> IngestResponse:
+    """Store sample batches and run them through the per-subject streaming pipeline.
+
+    Every batch's subject must be within the key's grant: a request with one foreign subject
+    is refused whole with HTTP 403 naming the first such batch, and nothing of it is stored.
+    The body is JSON (``application/json``) or msgpack (``application/msgpack``, where
+    ``values`` and ``timestamps_ns`` may be raw little-endian arrays; see docs/ingest.md).
+    Batches are processed in order. A batch whose ``batch_id`` is already stored for its subject
+    is reported as ``duplicate`` and not stored again, so retrying a whole request is safe. A
+    batch that starts at or before the last stored sample of its channel stops the request with
+    HTTP 409; the batches before it stay stored. With ``WEAREMO_PROCESSING=background`` the
+    answer comes once the batches are durably stored (``windows`` and ``states`` are 0; the
+    states follow shortly, see ``GET /v1/ingest/lag``).
+    """
+    raw = await request.body()
+    try:
+        body = parse_ingest_body(raw, request.headers.get("content-type"),
+                                 max_batches=settings.max_batches_per_request)
+    except UnsupportedMediaTypeError as exc:
+        raise HTTPException(status_code=415, detail=str(exc)) from None
+    try:
+        _authorize(body, principal, audit_context(request))
+        # Store and features are blocking work: off the event loop.
+        return await run_in_threadpool(_accept, body, _rate_key(principal), pipeline, limiter)
+    except _RefusedError as exc:
+        headers = {"Retry-After": exc.retry_after_s} if exc.retry_after_s else None
+        raise HTTPException(status_code=exc.status, detail=exc.detail, headers=headers) from None
+
+
+@router.get("/v1/ingest/lag")
+def ingest_lag(pipeline: PipelineDep, _: IngestPrincipal) -> ProcessingLagResponse:
+    """How far processing (windows, states) lags behind the accepted data (any key that may
+    upload: it tells a client when to slow down)."""
+    lag = pipeline.lag()
+    return ProcessingLagResponse(
+        mode=lag.mode,
+        pending_batches=lag.pending_batches,
+        pending_samples=lag.pending_samples,
+        pending_subjects=lag.pending_subjects,
+        max_pending_samples=lag.max_pending_samples,
+        processed_batches=lag.processed_batches,
+        processed_samples=lag.processed_samples,
+        processing_samples_per_s=lag.processing_samples_per_s,
+    )
+
+
+@router.websocket("/v1/ingest/ws")
+async def ingest_ws(websocket: WebSocket, principal: IngestPrincipal) -> None:
+    """Continuous ingest: each message one ingest request, each answered in order.
+
+    A text message is JSON, a binary message msgpack (the bodies of ``POST /v1/ingest``).
+    Each is answered with one JSON text message ``{"seq", "status", ...}``: ``seq`` counts
+    the connection's messages from 1, ``status`` is the HTTP status the same body would get,
+    and the rest is that response's body (200: ``stored``, ``results`` ... ; errors:
+    ``detail``; 429/503 add ``retry_after_s``). Errors do not close the connection; a message
+    over ``max_request_bytes`` closes it with 1009, and 20 rate refusals in a row with 1008.
+    The key is checked at the handshake; each message's subjects against its grant (403
+    answer, nothing stored), and each message is audited.
+    """
+    resources = get_resources(websocket)
+    settings, pipeline, limiter = resources.settings, resources.pipeline, resources.limiter
+    client = _rate_key(principal)
+    await websocket.accept()
+    seq = refusals = 0
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data: bytes | str | None = message.get("bytes")
+            kind = MSGPACK
+            if data is None:
+                data, kind = message.get("text") or "", JSON
+            seq += 1
+            size = len(data) if isinstance(data, bytes) else len(data.encode())
+            if size > settings.max_request_bytes:
+                await websocket.close(
+                    code=WS_CLOSE_TOO_BIG,
+                    reason=f"message {seq}: {size} bytes; limit {settings.max_request_bytes}",
+                )
+                return
+            ctx = AuditContext(key_id=principal.key_id, role=principal.role)
+            answer = await _ws_answer(data, kind, client, settings.max_batches_per_request,
+                                      pipeline, limiter, principal, ctx)
+            whose: list[str | None] = list(ctx.subjects) or [None]
+            entries = [AuditEntry.new(ctx.key_id, ctx.role, "WS /v1/ingest/ws", sid,
+                                      answer["status"], ctx.detail) for sid in whose]
+            await run_in_threadpool(resources.audit.extend, entries)
+            refusals = refusals + 1 if answer["status"] == 429 else 0
+            await websocket.send_text(json.dumps({"seq": seq, **answer}))
+            if refusals >= _WS_MAX_REFUSALS:
+                await websocket.close(code=WS_CLOSE_RATE_ABUSE,
+                                      reason="rate limit exceeded repeatedly")
+                return
+    except WebSocketDisconnect:
+        return
+
+
+async def _ws_answer(data: bytes | str, kind: str, client: str, max_batches: int,
+                     pipeline: Pipeline, limiter: RateLimiter, principal: Principal,
+                     ctx: AuditContext) -> dict[str, Any]:
+    try:
+        body = parse_ingest_body(data, kind, max_batches=max_batches)
+        _authorize(body, principal, ctx)
+        response = await run_in_threadpool(_accept, body, client, pipeline, limiter)
+    except RequestValidationError as exc:
+        return {"status": 422, "detail": validation_issues(exc.errors())}
+    except _RefusedError as exc:
+        out: dict[str, Any] = {"status": exc.status, "detail": exc.detail}
+        if exc.retry_after_s:
+            out["retry_after_s"] = int(exc.retry_after_s)
+        return out
+    return {"status": 200, **response.model_dump()}
+
+
+def document_bodies(app: FastAPI) -> None:
+    """Publish the ingest request body (JSON and msgpack) in the app's OpenAPI schema.
+
+    The route reads the raw body itself (to accept both forms), so FastAPI cannot infer it.
+
+    Example
+    -------
+    >>> from wearemo.api import create_app
+    >>> from wearemo.settings import Settings
+    >>> spec = create_app(Settings(data_dir="/tmp/wearemo-doc")).openapi()
+    >>> sorted(spec["paths"]["/v1/ingest"]["post"]["requestBody"]["content"])
+    ['application/json', 'application/msgpack']
+    """
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = default()
+        schema = IngestRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        defs = schema.pop("$defs", {})
+        components = spec.setdefault("components", {}).setdefault("schemas", {})
+        for name, sub in defs.items():
+            components.setdefault(name, sub)
+        components.setdefault("IngestRequest", schema)
+        ref = {"$ref": "#/components/schemas/IngestRequest"}
+        spec["paths"]["/v1/ingest"]["post"]["requestBody"] = {
+            "required": True,
+            "content": {
+                JSON: {"schema": ref},
+                MSGPACK: {"schema": ref, "example": "see docs/ingest.md: the same fields; "
+                          "values/timestamps_ns may be raw little-endian bin arrays"},
+            },
+        }
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
