@@ -636,6 +636,31 @@ class Pipeline:
                 raise
             return self._status(sub, record)
 
+    def erase(self, subject_id: str) -> dict[str, int]:
+        """Erase a subject: everything stored of it and everything this pipeline holds.
+
+        Under the subject's lock, so no batch of it is half-processed meanwhile; its stream,
+        baseline, ordering marks and pending queue are dropped, so a later upload with the
+        same id starts from nothing (new warm-up, old batch ids accepted again).
+
+        Returns
+        -------
+        dict[str, int]
+            Records removed per kind (the store's ``erase_subject`` counts).
+
+        Example
+        -------
+        >>> pipeline.erase("s01")["batches"]  # doctest: +SKIP
+        72
+        """
+        with self._lock_of(subject_id):
+            counts = self.store.erase_subject(subject_id)
+            self._subjects.pop(subject_id, None)
+            with self._work:
+                self._pending.pop(subject_id, None)
+            self._order.forget(subject_id)
+        return counts
+
     def baseline(self, subject_id: str) -> BaselineStatus:
         """The personal baseline a subject's states are estimated against now.
 

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     ----------
     data_dir
         Directory for the embedded store and other service state (created on start).
+    retention_days
+        Raw samples and derived data (windows, states, calibrations) older than this many days
+        are deleted, in whichever store is used; ``None`` keeps everything.
+    retention_interval_s
+        How often the retention policy runs, seconds.
     store
         Backend of the :class:`~wearemo.store.StateStore`; ``"sqlite"`` is the zero set-up
         default. Left unset, setting ``influx_url`` alone selects ``"influx"``.
@@ -155,6 +160,8 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path("out/data")
+    retention_days: float | None = Field(default=None, gt=0)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
     store: Literal["sqlite", "influx"] = "sqlite"
     sqlite_path: Path | None = None
     model: str = "default"

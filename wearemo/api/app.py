@@ -51,7 +51,8 @@ from wearemo.metrics import ALERTS_FIRED, WEBHOOK_DELIVERIES
 from wearemo.model import load_model
 from wearemo.pipeline import Pipeline
 from wearemo.settings import Settings, get_settings
-from wearemo.store import StoreUnavailableError, open_store
+from wearemo.store import StateStore, StoreUnavailableError, open_store
+from wearemo.store.retention import apply_retention
 
 __all__ = ["create_app"]
 
@@ -62,6 +63,18 @@ def _version() -> str:
         return version("wearemo")
     except PackageNotFoundError:  # running from a source tree that is not installed
         return "0+unknown"
+
+
+async def _retention_loop(store: StateStore, cfg: Settings) -> None:
+    """Apply the retention policy at start and every ``retention_interval_s``."""
+    if cfg.retention_days is None:
+        return
+    while True:
+        try:
+            await run_in_threadpool(apply_retention, store, days=cfg.retention_days)
+        except Exception:  # a store outage must not end the policy: try again next time
+            log.exception("retention run failed; retrying in %.0f s", cfg.retention_interval_s)
+        await asyncio.sleep(cfg.retention_interval_s)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -126,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         unsubscribe_live = pipeline.subscribe(hub.publish)
         engine.start()
         delivering = asyncio.create_task(dispatcher.run(), name="wearemo-webhooks")
+        pruning = asyncio.create_task(_retention_loop(store, cfg), name="wearemo-retention")
         # Batches a crash left unprocessed are queued here (and processed in the background);
         # after the listeners subscribed, so their states reach alerts and live streams.
         await run_in_threadpool(pipeline.start)
@@ -157,6 +171,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             unsubscribe_alerts()
             await run_in_threadpool(engine.stop)
             delivering.cancel()
+            pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruning
             with contextlib.suppress(asyncio.CancelledError):
                 await delivering
             alert_db.close()

@@ -439,6 +439,30 @@ class KeyStore:
         if cur.rowcount == 0:
             raise UnknownError(f"cohort {cohort!r} is not granted to key {key_id!r}")
 
+    def forget_subject(self, subject_id: str) -> int:
+        """Remove a subject from every cohort and every key's grant (erasure); rows removed.
+
+        The pseudonym stays recorded as minted, so it is never handed out again.
+
+        Example
+        -------
+        >>> ks = KeyStore(":memory:")
+        >>> ks.forget_subject("s1")
+        0
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                n = self._db.execute("DELETE FROM cohort_subjects WHERE subject_id=?",
+                                     (subject_id,)).rowcount
+                n += self._db.execute("DELETE FROM key_subjects WHERE subject_id=?",
+                                      (subject_id,)).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return n
+
     # -- pseudonyms ------------------------------------------------------------------------
 
     def mint_subjects(self, count: int, *, prefix: str = "p") -> list[str]:

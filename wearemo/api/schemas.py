@@ -29,6 +29,7 @@ __all__ = [
     "ConflictDetail",
     "ConflictResponse",
     "CreatedKeyOut",
+    "ErasureResponse",
     "ErrorResponse",
     "FeatureWindowOut",
     "HealthResponse",
@@ -41,6 +42,7 @@ __all__ = [
     "OmhDataPoint",
     "ProcessingLagResponse",
     "ReadyResponse",
+    "RetentionResponse",
     "SampleSeries",
     "StateEstimate",
     "SubjectSummary",
@@ -379,3 +381,21 @@ class AuditVerifyResponse(BaseModel):
                              "detect entries cut off the end later.")
     broken_seq: int | None
     reason: str | None
+
+
+class ErasureResponse(BaseModel):
+    """What ``DELETE /v1/admin/subjects/{subject_id}`` removed."""
+
+    subject_id: str
+    removed: dict[str, int] = Field(
+        description="Store records removed per kind (samples, batches, windows, states, "
+        "calibrations, ...).")
+    alert_rows: int = Field(description="Alert rules, alerts and webhook deliveries removed.")
+    grants: int = Field(description="Cohort memberships and key grants removed.")
+
+
+class RetentionResponse(BaseModel):
+    """What a retention run removed (``POST /v1/admin/retention``)."""
+
+    cutoff_ns: int = Field(description="Data older than this (unix ns) was removed.")
+    removed: dict[str, int] = Field(description="Store records removed per kind.")

@@ -12,8 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from wearemo.api.audit import AuditEntry
 from wearemo.api.deps import (
     AdminPrincipal,
+    AlertsDep,
     AuditLogDep,
     KeyStoreDep,
+    PipelineDep,
+    SettingsDep,
+    StoreDep,
     SubjectId,
     audit_context,
 )
@@ -25,15 +29,18 @@ from wearemo.api.schemas import (
     CohortOut,
     CohortRequest,
     CreatedKeyOut,
+    ErasureResponse,
     ErrorResponse,
     KeyOut,
     KeyRequest,
     MintRequest,
     MintResponse,
+    RetentionResponse,
     SubjectsRequest,
     ValidationResponse,
 )
 from wearemo.samples import ID_PATTERN
+from wearemo.store.retention import apply_retention
 
 __all__ = ["router"]
 
@@ -180,6 +187,45 @@ def mint_subjects(body: MintRequest, keys: KeyStoreDep, _: AdminPrincipal,
     audit_context(request).detail = (f"minted {len(minted)} subject ids"
                                       + (f" into cohort {body.cohort}" if body.cohort else ""))
     return MintResponse(subjects=minted)
+
+
+@router.delete(
+    "/subjects/{subject_id}",
+    responses={404: {"model": ErrorResponse, "description": "Nothing is known of the subject."}},
+)
+def erase_subject(subject_id: SubjectId, pipeline: PipelineDep, alerts: AlertsDep,
+                  keys: KeyStoreDep, _: AdminPrincipal, request: Request) -> ErasureResponse:
+    """Erase a subject everywhere: raw samples, batches, windows, states, calibration (in the
+    configured store), its in-memory stream and baseline, alert rules, alerts and webhook
+    deliveries, and its cohort memberships and key grants. A later upload under the same id
+    starts from nothing. The audit log keeps the pseudonymous id of this erasure (and earlier
+    accesses): it is the record that the erasure happened."""
+    ctx = audit_context(request)
+    ctx.touch(subject_id)
+    removed = pipeline.erase(subject_id)
+    alert_rows = alerts.erase_subject(subject_id)
+    grants = keys.forget_subject(subject_id)
+    if not any(removed.values()) and not alert_rows and not grants:
+        raise HTTPException(status_code=404, detail=f"unknown subject {subject_id!r}")
+    ctx.detail = f"erased: {removed}, {alert_rows} alert rows, {grants} grants"
+    return ErasureResponse(subject_id=subject_id, removed=removed, alert_rows=alert_rows,
+                           grants=grants)
+
+
+@router.post(
+    "/retention",
+    responses={409: {"model": ErrorResponse, "description": "No retention policy is set."}},
+)
+def run_retention(store: StoreDep, settings: SettingsDep, _: AdminPrincipal,
+                  request: Request) -> RetentionResponse:
+    """Apply the retention policy now (``WEAREMO_RETENTION_DAYS``; it also runs every
+    ``WEAREMO_RETENTION_INTERVAL_S``): data older than the limit is deleted from the store."""
+    if settings.retention_days is None:
+        raise HTTPException(status_code=409, detail="no retention policy: set "
+                            "WEAREMO_RETENTION_DAYS to delete data older than that many days")
+    cutoff, removed = apply_retention(store, days=settings.retention_days)
+    audit_context(request).detail = f"retention before {cutoff}: {removed}"
+    return RetentionResponse(cutoff_ns=cutoff, removed=removed)
 
 
 @router.get("/audit")

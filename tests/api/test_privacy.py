@@ -1,0 +1,150 @@
+"""Privacy over real HTTP: erasure of a subject everywhere, and the retention policy.
+
+Erasure is verified by querying afterwards: through every read endpoint, and in the service's
+SQLite files themselves (any table with a ``subject_id`` column), while another subject's data
+stays exactly as it was.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from api_support import (
+    admin_client,
+    bearer,
+    body,
+    create_key,
+    serve,
+    settings_for,
+    sim_batches,
+)
+from simdata import T0
+
+from wearemo.samples import SampleBatch
+
+
+def _ingest(c, batches: list[SampleBatch]) -> None:
+    for i in range(0, len(batches), 12):
+        r = c.post("/v1/ingest", json=body(batches[i:i + 12]))
+        assert r.status_code == 200, r.text
+
+
+def _rows_of(db: Path, subject: str) -> dict[str, int]:
+    """Rows naming ``subject`` in every table of a SQLite file that has a subject column."""
+    out = {}
+    with sqlite3.connect(db) as con:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for t in tables:
+            cols = [r[1] for r in con.execute(f'PRAGMA table_info("{t}")')]
+            if "subject_id" in cols:
+                n = con.execute(f'SELECT COUNT(*) FROM "{t}" WHERE subject_id = ?',
+                                (subject,)).fetchone()[0]
+                if n:
+                    out[t] = n
+    return out
+
+
+def _snapshot(c, subject: str) -> tuple[object, object, object]:
+    return (c.get(f"/v1/subjects/{subject}").json(),
+            c.get(f"/v1/subjects/{subject}/states", params={"limit": 100_000}).json(),
+            c.get(f"/v1/subjects/{subject}/features", params={"limit": 100_000}).json())
+
+
+def test_erasure_removes_a_subject_everywhere_and_nothing_else(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    gone, kept = sim_batches("gone1", 180), sim_batches("kept1", 180, seed=5)
+    with serve(settings_for(data)) as url, admin_client(url) as c:
+        _ingest(c, gone + kept)
+        device = create_key(c, "device", subjects=["gone1", "kept1"])
+        assert c.post("/v1/admin/cohorts", json={"name": "trial",
+                      "subjects": ["gone1", "kept1"]}).status_code == 201
+        rule = {"kind": "no_data", "url": "http://127.0.0.1:9/hook", "duration_s": 3600}
+        assert c.post("/v1/subjects/gone1/alerts/rules", json=rule).status_code == 201
+        before_kept = _snapshot(c, "kept1")
+        assert c.get("/v1/subjects/gone1").json()["batches"] == len(gone)
+
+        r = c.delete("/v1/admin/subjects/gone1")
+        assert r.status_code == 200, r.text
+        erased = r.json()
+        assert erased["removed"]["batches"] == len(gone)
+        assert erased["removed"]["samples"] == sum(len(b.values) for b in gone)
+        assert erased["removed"]["states"] > 0 and erased["removed"]["windows"] > 0
+        assert erased["alert_rows"] >= 1 and erased["grants"] == 2  # cohort + device grant
+
+        # Every read path answers as for a subject that never existed ...
+        for path in ("", "/state", "/states", "/features", "/samples?channel=ppg",
+                     "/export?kind=states&format=csv", "/alerts/rules", "/suggestion",
+                     "/fhir/Observation", "/omh/heart-rate"):
+            r = c.get(f"/v1/subjects/gone1{path}")
+            assert (r.status_code, r.json()) == (404, {"detail": "unknown subject 'gone1'"}), path
+        assert "gone1" not in c.get("/v1/subjects").json()
+        [cohort] = [x for x in c.get("/v1/admin/cohorts").json() if x["name"] == "trial"]
+        assert cohort["subjects"] == ["kept1"]
+        assert c.get("/v1/subjects", headers=bearer(device)).json() == ["kept1"]
+        # ... and nothing of it is left in the files, except the audit trail of the erasure.
+        for db in sorted(data.glob("*.sqlite3")):
+            rows = _rows_of(db, "gone1")
+            assert set(rows) <= {"audit"}, (db.name, rows)
+        audit = c.get("/v1/admin/audit", params={"subject_id": "gone1", "limit": 1000}).json()
+        assert any(e["action"] == "DELETE /v1/admin/subjects/{subject_id}" and e["outcome"] == 200
+                   for e in audit)
+        assert c.get("/v1/admin/audit/verify").json()["ok"]
+        # The other subject is untouched.
+        assert _snapshot(c, "kept1") == before_kept
+
+        # Erased is erased: a second erasure finds nothing; the old batch ids are new again.
+        assert c.delete("/v1/admin/subjects/gone1").status_code == 404
+        r = c.post("/v1/ingest", json=body(gone[:2]))
+        assert [x["status"] for x in r.json()["results"]] == ["stored", "stored"]
+        # Only an admin may erase.
+        r = c.delete("/v1/admin/subjects/kept1", headers=bearer(device))
+        assert r.status_code == 403
+        assert _snapshot(c, "kept1") == before_kept
+
+
+def _shifted(batches: list[SampleBatch], start_ns: int) -> list[SampleBatch]:
+    return [b.model_copy(update={"start_ns": b.start_ns - T0 + start_ns}) for b in batches]
+
+
+def test_retention_deletes_old_data_and_keeps_recent_data(tmp_path: Path) -> None:
+    now_s = time.time_ns() // 10**9
+    recent = _shifted(sim_batches("new1", 120), (now_s - 600) // 5 * 5 * 10**9)
+    old = sim_batches("old1", 120)  # November 2023: far older than the 30-day policy
+    with serve(settings_for(tmp_path / "nopolicy")) as url, admin_client(url) as c:
+        r = c.post("/v1/admin/retention")
+        assert r.status_code == 409 and "WEAREMO_RETENTION_DAYS" in r.json()["detail"]
+    # A long interval: only the run at start and the one asked for below happen.
+    settings = settings_for(tmp_path / "d", retention_days=30, retention_interval_s=86_400)
+    with serve(settings) as url, admin_client(url) as c:
+        _ingest(c, old + recent)
+        before_recent = _snapshot(c, "new1")
+        assert before_recent[0]["batches"] == len(recent) and before_recent[1]
+        r = c.post("/v1/admin/retention")
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert abs(out["cutoff_ns"] - (time.time_ns() - 30 * 86_400 * 10**9)) < 60 * 10**9
+        assert out["removed"]["batches"] == len(old)
+        assert out["removed"]["samples"] == sum(len(b.values) for b in old)
+        assert c.get("/v1/subjects/old1").status_code == 404
+        assert _snapshot(c, "new1") == before_recent
+        again = c.post("/v1/admin/retention").json()["removed"]
+        assert not any(again.values())
+    # The policy also runs by itself at start: old data uploaded earlier is gone on restart.
+    with serve(settings) as url, admin_client(url) as c:
+        _ingest(c, sim_batches("old2", 60))
+    with serve(settings) as url, admin_client(url) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/v1/subjects/old2").status_code != 404:
+            assert time.monotonic() < deadline, "retention did not run at start"
+            time.sleep(0.2)
+        assert _snapshot(c, "new1") == before_recent
+
+
+def test_admin_key_is_needed_for_privacy_endpoints(tmp_path: Path) -> None:
+    with serve(settings_for(tmp_path)) as url, admin_client(url) as c:
+        reader = create_key(c, "reader", cohorts=["x"])
+        for method, path in (("DELETE", "/v1/admin/subjects/s1"), ("POST", "/v1/admin/retention")):
+            assert c.request(method, path, headers={"Authorization": ""}).status_code == 401
+            assert c.request(method, path, headers=bearer(reader)).status_code == 403
