@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def _free_port() -> int:
 
 
 async def _upload(
-    url: str, lanes: list[list[tuple[bytes, str, int]]]
+    url: str, lanes: list[list[tuple[bytes, str, int]]], key: str
 ) -> tuple[float, list[float], int]:
     latencies: list[float] = []
     busy = 0
@@ -101,7 +102,8 @@ async def _upload(
                 while True:
                     t0 = time.perf_counter()
                     r = await client.post("/v1/ingest", content=body,
-                                          headers={"content-type": ctype})
+                                          headers={"content-type": ctype,
+                                                   "Authorization": f"Bearer {key}"})
                     latencies.append(time.perf_counter() - t0)
                     if r.status_code == 503:  # backpressure: wait as told
                         busy += 1
@@ -115,10 +117,12 @@ async def _upload(
     return time.perf_counter() - t0, latencies, busy
 
 
-def _run(mode: str, lanes: list[list[tuple[bytes, str, int]]], samples: int, folder: Path
-         ) -> dict[str, Any]:
+def _run(mode: str, lanes: list[list[tuple[bytes, str, int]]], samples: int, folder: Path,
+         n_subjects: int) -> dict[str, Any]:
     port = _free_port()
+    admin = secrets.token_urlsafe(32)
     env = {**os.environ, "WEAREMO_DATA_DIR": str(folder / mode), "WEAREMO_PROCESSING": mode,
+           "WEAREMO_ADMIN_KEY": admin, "WEAREMO_LOG_LEVEL": "WARNING",
            "WEAREMO_RATE_LIMIT_REQUESTS_PER_S": "0", "WEAREMO_RATE_LIMIT_SAMPLES_PER_S": "0",
            "WEAREMO_MAX_REQUEST_BYTES": str(64 * 1024 * 1024),
            "WEAREMO_MAX_PENDING_SAMPLES": str(10 * samples)}
@@ -132,12 +136,19 @@ def _run(mode: str, lanes: list[list[tuple[bytes, str, int]]], samples: int, fol
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
+        # Uploads authenticate as a device key granted every simulated wearer, as an app would.
+        subjects = sorted({f"bench-{k:03d}" for k in range(n_subjects)})
+        r = httpx.post(f"{url}/v1/admin/keys", json={"role": "device", "subjects": subjects},
+                       headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+        r.raise_for_status()
+        key = r.json()["secret"]
         server = psutil.Process(proc.pid)
         cpu0 = server.cpu_times()
         t0 = time.perf_counter()
-        wall, latencies, busy = asyncio.run(_upload(url, lanes))
+        wall, latencies, busy = asyncio.run(_upload(url, lanes, key))
         cpu1 = server.cpu_times()
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx.Client(base_url=url, timeout=60,
+                          headers={"Authorization": f"Bearer {key}"}) as client:
             while client.get("/v1/ingest/lag").json()["pending_batches"]:
                 time.sleep(0.05)
             processed_wall = time.perf_counter() - t0
@@ -188,7 +199,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         for mode in a.modes.split(","):
-            out[mode] = _run(mode, lanes, samples, Path(tmp))
+            out[mode] = _run(mode, lanes, samples, Path(tmp), a.subjects)
             print(mode, json.dumps(out[mode]), file=sys.stderr, flush=True)
     print(json.dumps(out))
 
