@@ -164,6 +164,8 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     * 405: Starlette names in ``Allow`` only the methods of the first route matching the path,
       but each method of a path is its own route here (``GET`` and ``PUT .../baseline``), so
       ``Allow`` is rebuilt from every route at the path (RFC 9110 15.5.6).
+    * A body FastAPI cannot decode (e.g. JSON that is not UTF-8) comes as a 400 with no field
+      named; it is answered like any other unparsable body: 422 naming ``body``.
 
     Everything else is FastAPI's default answer.
     """
@@ -173,4 +175,9 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
         return JSONResponse(status_code=405, headers={"Allow": allow},
                             content={"detail": f"method {request.method} not allowed; "
                                      f"allowed: {allow}"})
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        # UnicodeDecodeError is a ValueError; FastAPI chains it ("raise ... from e").
+        return JSONResponse(status_code=422, content={"detail": [{
+            "type": "json_invalid", "loc": ["body"], "field": "body",
+            "msg": f"body: not a JSON document ({exc.__cause__.__class__.__name__})"}]})
     return await http_exception_handler(request, exc)
