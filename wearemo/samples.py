@@ -27,6 +27,8 @@ from pydantic import (
     Discriminator,
     Field,
     PrivateAttr,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     Tag,
     model_validator,
@@ -88,8 +90,8 @@ def _values_shape(v: Any) -> str:
 #: pydantic gives an untagged union, so error locations read the same.
 _LENGTH = Field(min_length=1, max_length=MAX_BATCH_SAMPLES)
 Values = Annotated[
-    Annotated[list[float], _LENGTH, Tag("list[float]")]
-    | Annotated[list[list[float]], _LENGTH, Tag("list[list[float]]")],
+    Annotated[list[StrictFloat], _LENGTH, Tag("list[float]")]
+    | Annotated[list[list[StrictFloat]], _LENGTH, Tag("list[list[float]]")],
     Discriminator(_values_shape),
 ]
 
@@ -133,9 +135,11 @@ class SampleBatch(BaseModel):
     subject_id: Identifier
     device_id: Identifier
     channel: Channel
-    start_ns: int = Field(ge=0)
-    rate_hz: float | None = Field(default=None, gt=0.0, le=10_000.0)
-    timestamps_ns: list[int] | None = None
+    # Strict numbers: lax mode would take ``true`` as 1 and ``"1.5"`` as 1.5, silently storing
+    # a client's encoding bug as data (ints still pass as floats).
+    start_ns: StrictInt = Field(ge=0)
+    rate_hz: StrictFloat | None = Field(default=None, gt=0.0, le=10_000.0)
+    timestamps_ns: list[StrictInt] | None = None
     values: Values
     unit: str | None = None
     seq: int | None = Field(default=None, ge=0)
