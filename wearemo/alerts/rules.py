@@ -57,6 +57,9 @@ _WEEK_S = 7 * 24 * 3600.0
 DEFAULT_DURATION_S: dict[str, float] = {"stress_sustained": 600.0, "no_data": 1800.0}
 
 
+_MAX_URL = 2083
+
+
 class RuleSpec(BaseModel):
     """What a client sets for a rule (``POST``/``PUT .../alerts/rules``).
 
@@ -96,6 +99,11 @@ class RuleSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> RuleSpec:
+        # HttpUrl limits its *input* to 2083 characters but normalises it (a trailing "/",
+        # percent-escapes), and a stored rule is read back through this model: a longer
+        # normalised URL made the rule unreadable (every GET of the subject's rules a 500).
+        if len(str(self.url)) > _MAX_URL:
+            raise ValueError(f"url: longer than {_MAX_URL} characters once normalised")
         if self.clear_below is not None and self.clear_below >= self.threshold:
             raise ValueError(
                 f"clear_below: {self.clear_below} must be below threshold ({self.threshold})"
