@@ -171,8 +171,9 @@ class SampleBatch(BaseModel):
         if bad.size:
             raise ValueError(f"values[{bad[0]}]: not a finite number (NaN or infinity)")
         if self.rate_hz is not None:
-            last_s = (len(self.values) - 1) / self.rate_hz  # inf for a subnormal rate
-            if not self.start_ns + last_s * 1e9 < _NS_LIMIT:
+            step_ns = 1e9 / self.rate_hz  # inf for a subnormal rate: times_ns() would be NaN
+            if not self.start_ns + (len(self.values) - 1) * step_ns < _NS_LIMIT \
+                    or step_ns == float("inf"):
                 raise ValueError(f"rate_hz: {len(self.values)} samples at {self.rate_hz} Hz end "
                                  "past 2262-04-11 (int64 unix ns)")
         if self.timestamps_ns is not None:
