@@ -27,6 +27,8 @@ from pydantic import (
     Discriminator,
     Field,
     PrivateAttr,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     Tag,
     model_validator,
@@ -70,6 +72,9 @@ CHANNEL_AXES: dict[Channel, int] = {c: (3 if c is Channel.ACC else 1) for c in C
 #: Upper bound on samples in one batch (about 26 min of 64 Hz PPG); larger uploads must be split.
 MAX_BATCH_SAMPLES = 100_000
 
+#: Times are int64 unix ns (the stores' type): they end on 2262-04-11.
+_NS_LIMIT = 2**63
+
 #: Identifiers are pseudonymous tokens, never names: letters, digits and ``._:-``.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 
@@ -88,8 +93,8 @@ def _values_shape(v: Any) -> str:
 #: pydantic gives an untagged union, so error locations read the same.
 _LENGTH = Field(min_length=1, max_length=MAX_BATCH_SAMPLES)
 Values = Annotated[
-    Annotated[list[float], _LENGTH, Tag("list[float]")]
-    | Annotated[list[list[float]], _LENGTH, Tag("list[list[float]]")],
+    Annotated[list[StrictFloat], _LENGTH, Tag("list[float]")]
+    | Annotated[list[list[StrictFloat]], _LENGTH, Tag("list[list[float]]")],
     Discriminator(_values_shape),
 ]
 
@@ -133,9 +138,11 @@ class SampleBatch(BaseModel):
     subject_id: Identifier
     device_id: Identifier
     channel: Channel
-    start_ns: int = Field(ge=0)
-    rate_hz: float | None = Field(default=None, gt=0.0, le=10_000.0)
-    timestamps_ns: list[int] | None = None
+    # Strict numbers: lax mode would take ``true`` as 1 and ``"1.5"`` as 1.5, silently storing
+    # a client's encoding bug as data (ints still pass as floats).
+    start_ns: StrictInt = Field(ge=0, lt=_NS_LIMIT)
+    rate_hz: StrictFloat | None = Field(default=None, gt=0.0, le=10_000.0)
+    timestamps_ns: list[Annotated[StrictInt, Field(ge=0, lt=_NS_LIMIT)]] | None = None
     values: Values
     unit: str | None = None
     seq: int | None = Field(default=None, ge=0)
@@ -163,6 +170,12 @@ class SampleBatch(BaseModel):
         bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         if bad.size:
             raise ValueError(f"values[{bad[0]}]: not a finite number (NaN or infinity)")
+        if self.rate_hz is not None:
+            step_ns = 1e9 / self.rate_hz  # inf for a subnormal rate: times_ns() would be NaN
+            if not self.start_ns + (len(self.values) - 1) * step_ns < _NS_LIMIT \
+                    or step_ns == float("inf"):
+                raise ValueError(f"rate_hz: {len(self.values)} samples at {self.rate_hz} Hz end "
+                                 "past 2262-04-11 (int64 unix ns)")
         if self.timestamps_ns is not None:
             ts = np.asarray(self.timestamps_ns, dtype=np.int64)
             if len(ts) != len(self.values):

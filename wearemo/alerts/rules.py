@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StrictBool, StrictFloat, model_validator
 
 from wearemo.model import StateEstimate
 
@@ -57,6 +57,9 @@ _WEEK_S = 7 * 24 * 3600.0
 DEFAULT_DURATION_S: dict[str, float] = {"stress_sustained": 600.0, "no_data": 1800.0}
 
 
+_MAX_URL = 2083
+
+
 class RuleSpec(BaseModel):
     """What a client sets for a rule (``POST``/``PUT .../alerts/rules``).
 
@@ -65,6 +68,7 @@ class RuleSpec(BaseModel):
     webhooks: omit it to have one generated; it is returned once, at creation.
     """
 
+    # Strict numbers and flags: lax mode took false as 0 s and 0 as "disabled".
     model_config = ConfigDict(extra="forbid")
 
     kind: RuleKind
@@ -73,28 +77,33 @@ class RuleSpec(BaseModel):
         default=None, min_length=16, max_length=256,
         description="HMAC-SHA256 key for the signature (write-only; generated when omitted).",
     )
-    threshold: float = Field(default=0.8, gt=0.0, lt=1.0,
+    threshold: StrictFloat = Field(default=0.8, gt=0.0, lt=1.0,
                              description="p_stress must be above this (stress_sustained).")
-    duration_s: float | None = Field(
+    duration_s: StrictFloat | None = Field(
         default=None, gt=0.0, le=_WEEK_S,
         description="Sustained stress / silence needed to fire, seconds.",
     )
-    clear_below: float | None = Field(
+    clear_below: StrictFloat | None = Field(
         default=None, ge=0.0, lt=1.0,
         description="A firing episode ends on an estimated p_stress below this "
         "(default threshold - 0.1).",
     )
-    max_gap_s: float = Field(
+    max_gap_s: StrictFloat = Field(
         default=120.0, gt=0.0, le=_WEEK_S,
         description="Longest stretch without an estimated state above the threshold (withheld "
         "or missing) before a run resets, seconds.",
     )
-    cooldown_s: float = Field(default=1800.0, ge=0.0, le=_WEEK_S,
+    cooldown_s: StrictFloat = Field(default=1800.0, ge=0.0, le=_WEEK_S,
                               description="Least time between two firings of the rule, seconds.")
-    enabled: bool = True
+    enabled: StrictBool = True
 
     @model_validator(mode="after")
     def _check(self) -> RuleSpec:
+        # HttpUrl limits its *input* to 2083 characters but normalises it (a trailing "/",
+        # percent-escapes), and a stored rule is read back through this model: a longer
+        # normalised URL made the rule unreadable (every GET of the subject's rules a 500).
+        if len(str(self.url)) > _MAX_URL:
+            raise ValueError(f"url: longer than {_MAX_URL} characters once normalised")
         if self.clear_below is not None and self.clear_below >= self.threshold:
             raise ValueError(
                 f"clear_below: {self.clear_below} must be below threshold ({self.threshold})"

@@ -24,12 +24,13 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wearemo.alerts import AlertDB, AlertEngine, Dispatcher, RetryPolicy
 from wearemo.api.audit import AuditLog, AuditMiddleware
 from wearemo.api.auth import load_admin_key
 from wearemo.api.deps import AppState, Resources
-from wearemo.api.errors import on_store_unavailable, on_validation_error
+from wearemo.api.errors import on_http_error, on_store_unavailable, on_validation_error
 from wearemo.api.keystore import KeyStore
 from wearemo.api.limits import BodySizeLimit, RateLimiter
 from wearemo.api.live import LiveHub
@@ -189,6 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StoreUnavailableError, on_store_unavailable)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_request_bytes)
     app.add_middleware(AuditMiddleware)  # sees the status the client gets
     app.add_middleware(RequestObserver)  # added last: outermost, sees every answer

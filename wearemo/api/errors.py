@@ -23,13 +23,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Route
 
 from wearemo.samples import SampleBatch
 from wearemo.store.base import StoreUnavailableError
 
-__all__ = ["on_store_unavailable", "on_validation_error", "validation_issues"]
+__all__ = ["on_http_error", "on_store_unavailable", "on_validation_error", "validation_issues"]
 
 _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
 _FIELD_PREFIX = re.compile(r"^(?P<name>[a-z_]+)(?:\[(?P<index>\d+)\])?(?=[: ])")
@@ -142,3 +145,39 @@ async def on_store_unavailable(request: Request, exc: Exception) -> JSONResponse
         headers={"Retry-After": str(exc.retry_after_s)},
         content={"detail": f"store unavailable: {exc}"},
     )
+
+
+def _allowed_methods(routes: Sequence[BaseRoute], request: Request) -> list[str]:
+    """Every method some route serves at the request's path."""
+    methods: set[str] = set()
+    for route in routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:  # PARTIAL: the path matches, the method does not
+                methods |= route.methods
+    return sorted(methods)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    """Exception handler for HTTP errors raised by routing and by FastAPI itself.
+
+    * 405: Starlette names in ``Allow`` only the methods of the first route matching the path,
+      but each method of a path is its own route here (``GET`` and ``PUT .../baseline``), so
+      ``Allow`` is rebuilt from every route at the path (RFC 9110 15.5.6).
+    * A body FastAPI cannot decode (e.g. JSON that is not UTF-8) comes as a 400 with no field
+      named; it is answered like any other unparsable body: 422 naming ``body``.
+
+    Everything else is FastAPI's default answer.
+    """
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        allow = ", ".join(_allowed_methods(request.app.router.routes, request))
+        return JSONResponse(status_code=405, headers={"Allow": allow},
+                            content={"detail": f"method {request.method} not allowed; "
+                                     f"allowed: {allow}"})
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        # UnicodeDecodeError is a ValueError; FastAPI chains it ("raise ... from e").
+        return JSONResponse(status_code=422, content={"detail": [{
+            "type": "json_invalid", "loc": ["body"], "field": "body",
+            "msg": f"body: not a JSON document ({exc.__cause__.__class__.__name__})"}]})
+    return await http_exception_handler(request, exc)

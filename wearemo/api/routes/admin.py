@@ -232,8 +232,9 @@ def run_retention(store: StoreDep, settings: SettingsDep, _: AdminPrincipal,
 def read_audit(
     audit: AuditLogDep,
     _: AdminPrincipal,
-    after_seq: Annotated[int, Query(ge=0, description="Entries after this sequence number.")]
-    = 0,
+    # le: SQLite integers are 64-bit; a larger value overflowed in the driver (HTTP 500).
+    after_seq: Annotated[int, Query(ge=0, le=2**63 - 1,
+                                    description="Entries after this sequence number.")] = 0,
     subject_id: Annotated[str | None, Query(pattern=ID_PATTERN,
                                             description="Only this subject's entries.")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
