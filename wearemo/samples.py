@@ -23,6 +23,7 @@ from typing import Annotated, Any, Self
 import numpy as np
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -74,6 +75,12 @@ MAX_BATCH_SAMPLES = 100_000
 
 #: Times are int64 unix ns (the stores' type): they end on 2262-04-11.
 _NS_LIMIT = 2**63
+
+
+def _numpy_int(v: Any) -> Any:
+    # Python callers often hold times as NumPy integers: accepted, while JSON's true/"10"
+    # stay refused by the strict int.
+    return int(v) if isinstance(v, np.integer) else v
 
 #: Identifiers are pseudonymous tokens, never names: letters, digits and ``._:-``.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
@@ -140,7 +147,7 @@ class SampleBatch(BaseModel):
     channel: Channel
     # Strict numbers: lax mode would take ``true`` as 1 and ``"1.5"`` as 1.5, silently storing
     # a client's encoding bug as data (ints still pass as floats).
-    start_ns: StrictInt = Field(ge=0, lt=_NS_LIMIT)
+    start_ns: Annotated[StrictInt, BeforeValidator(_numpy_int)] = Field(ge=0, lt=_NS_LIMIT)
     rate_hz: StrictFloat | None = Field(default=None, gt=0.0, le=10_000.0)
     timestamps_ns: list[Annotated[StrictInt, Field(ge=0, lt=_NS_LIMIT)]] | None = None
     values: Values
