@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from wearemo.alerts.rules import NoDataTrack, RuleSpec, StressTrack
+from wearemo.store.sqlite import connect_wal
 
 __all__ = ["AlertDB", "AlertRecord", "Attempt", "Delivery", "NewDelivery", "RuleRecord"]
 
@@ -187,9 +188,7 @@ class AlertDB:
             if not p.exists():  # secrets live here: owner-only from the start
                 os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect_wal(path, timeout_s=5.0)  # sqlite3's default busy timeout
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

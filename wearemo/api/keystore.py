@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from wearemo.samples import ID_PATTERN
+from wearemo.store.sqlite import connect_wal
 
 __all__ = [
     "KEY_PREFIX",
@@ -205,15 +206,9 @@ class KeyStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = path
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
-                                   timeout=30.0)
+        self._db = connect_wal(path, foreign_keys=True)
         self._lock = threading.Lock()
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -67,6 +66,7 @@ from wearemo.store.base import (
     window_from_json,
     window_to_json,
 )
+from wearemo.store.sqlite import connect_wal
 
 __all__ = [
     "BATCH_LINES",
@@ -273,10 +273,7 @@ class InfluxStore:
         path = Path(buffer_dir)
         path.mkdir(parents=True, exist_ok=True)
         self.buffer_path = path / "influx-outbox.sqlite3"
-        self._db = sqlite3.connect(str(self.buffer_path), isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect_wal(self.buffer_path, timeout_s=5.0)  # sqlite3's default timeout
         for statement in _OUTBOX_SCHEMA.split(";"):
             if statement.strip():
                 self._db.execute(statement)

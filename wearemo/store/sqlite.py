@@ -70,9 +70,34 @@ from wearemo.store.base import (
     window_to_json,
 )
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "connect_wal"]
 
 SCHEMA_VERSION = 4
+
+
+def connect_wal(
+    path: str | Path, *, timeout_s: float = 30.0, foreign_keys: bool = False
+) -> sqlite3.Connection:
+    """Open a SQLite file the way every wearemo database is opened (creating its directory).
+
+    Autocommit (callers open explicit transactions), usable from any thread (callers hold
+    their own lock), WAL with ``synchronous=NORMAL``: readers never wait for the writer, and
+    a commit is durable against a process crash (a power cut may lose the last ones).
+
+    Example
+    -------
+    >>> connect_wal(":memory:").execute("PRAGMA synchronous").fetchone()
+    (1,)
+    """
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    if foreign_keys:
+        conn.execute("PRAGMA foreign_keys=ON")
+    return conn
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -187,12 +212,7 @@ class SQLiteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         # autocommit mode; write methods open explicit transactions.
-        self._conn = sqlite3.connect(
-            str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn = connect_wal(self.path, timeout_s=timeout_s, foreign_keys=True)
         self._file_id: tuple[int, int] | None = None
         if isinstance(self.path, Path):
             st = self.path.stat()  # exists now: the PRAGMAs above created it
