@@ -217,6 +217,7 @@ def authenticate(
         ctx.touch(subject)
     key = bearer.credentials if bearer is not None else header_key
     if not key:
+        ctx.refusal = "missing API key"
         raise HTTPException(
             status_code=401,
             detail="missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
@@ -231,7 +232,7 @@ def authenticate(
         if info is not None:
             principal = Principal(info.key_id, info.role, res.keys.grant(info))
     if principal is None:
-        ctx.detail = "bad key"
+        ctx.refusal = "invalid API key"
         raise HTTPException(
             status_code=401,
             detail="invalid API key (malformed, unknown, expired or revoked)",
@@ -240,6 +241,7 @@ def authenticate(
     ctx.key_id, ctx.role = principal.key_id, principal.role
     missing = [s for s in security_scopes.scopes if not principal.may(s)]
     if missing:
+        ctx.refusal = "scope not held"
         raise HTTPException(
             status_code=403,
             detail=f"key {principal.key_id} ({principal.role}) lacks the scope "
@@ -266,8 +268,11 @@ def known_subject(
     :data:`CalibratableSubject`: ``baseline:write``). A subject outside the key's grant gets
     the same 404 as one that does not exist.
     """
-    audit_context(request).touch(subject_id)
-    if not principal.reaches(subject_id) or not store.has_subject(subject_id):
+    ctx = audit_context(request)
+    ctx.touch(subject_id)
+    if not principal.reaches(subject_id):
+        ctx.refusal = "subject not in the key's grant"  # the client sees a plain 404
+    if ctx.refusal is not None or not store.has_subject(subject_id):
         raise HTTPException(status_code=404, detail=f"unknown subject {subject_id!r}")
     return subject_id
 

@@ -246,13 +246,15 @@ def read_audit(
 
 @router.get("/audit/verify")
 def verify_audit(audit: AuditLogDep, _: AdminPrincipal) -> AuditVerifyResponse:
-    """Recompute the audit log's hash chain; ``ok`` is false at the first tampered entry."""
+    """Recompute the audit log's keyed chain; ``ok`` is false at the first tampered entry."""
     r = audit.verify()
     return AuditVerifyResponse(ok=r.ok, entries=r.entries, head_sha256=r.head_sha256,
-                               broken_seq=r.broken_seq, reason=r.reason)
+                               broken_seq=r.broken_seq, reason=r.reason,
+                               keyed_from_seq=r.keyed_from_seq)
 
 
 def _entry_out(e: AuditEntry) -> AuditEntryOut:
     return AuditEntryOut(seq=e.seq, at_ns=e.at_ns, key_id=e.key_id, role=e.role,
                          action=e.action, subject_id=e.subject_id, outcome=e.outcome,
-                         detail=e.detail, prev_sha256=e.prev_sha256, sha256=e.sha256)
+                         detail=e.detail, prev_sha256=e.prev_sha256, sha256=e.sha256,
+                         client=e.client, count=e.count, keyed=e.keyed)

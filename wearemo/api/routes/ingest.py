@@ -14,7 +14,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request, WebSocket, WebSo
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
-from wearemo.api.audit import AuditContext, AuditEntry
+from wearemo.api.audit import AuditContext
 from wearemo.api.auth import Principal
 from wearemo.api.deps import (
     IngestPrincipal,
@@ -67,6 +67,7 @@ def _authorize(body: IngestRequest, principal: Principal, ctx: AuditContext) -> 
     ctx.detail = f"{len(body.batches)} batches"
     for i, b in enumerate(body.batches):
         if not principal.reaches(b.subject_id):
+            ctx.refusal = "subject not in the key's grant"
             raise _RefusedError(
                 403, f"batches.{i}.subject_id: key {principal.key_id} ({principal.role}) may "
                 f"not write subject {b.subject_id!r}; nothing of this request was stored")
@@ -201,6 +202,7 @@ async def ingest_ws(websocket: WebSocket, principal: IngestPrincipal) -> None:
     resources = get_resources(websocket)
     settings, pipeline, limiter = resources.settings, resources.pipeline, resources.limiter
     client = _rate_key(principal)
+    address = websocket.client.host if websocket.client else None
     await websocket.accept()
     seq = refusals = 0
     try:
@@ -223,10 +225,8 @@ async def ingest_ws(websocket: WebSocket, principal: IngestPrincipal) -> None:
             ctx = AuditContext(key_id=principal.key_id, role=principal.role)
             answer = await _ws_answer(data, kind, client, settings.max_batches_per_request,
                                       pipeline, limiter, principal, ctx)
-            whose: list[str | None] = list(ctx.subjects) or [None]
-            entries = [AuditEntry.new(ctx.key_id, ctx.role, "WS /v1/ingest/ws", sid,
-                                      answer["status"], ctx.detail) for sid in whose]
-            await run_in_threadpool(resources.audit.extend, entries)
+            await run_in_threadpool(resources.audit.record, ctx, "WS /v1/ingest/ws",
+                                    answer["status"], client=address)
             refusals = refusals + 1 if answer["status"] == 429 else 0
             await websocket.send_text(json.dumps({"seq": seq, **answer}))
             if refusals >= _WS_MAX_REFUSALS:
