@@ -20,8 +20,6 @@ Example
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 from typing import Annotated, TypedDict
 
@@ -31,7 +29,7 @@ from starlette.requests import HTTPConnection
 
 from wearemo.alerts import AlertEngine
 from wearemo.api.audit import STATE_KEY, AuditContext, AuditLog
-from wearemo.api.auth import BOOTSTRAP_KEY_ID, SCOPES, Principal
+from wearemo.api.auth import SCOPES, Authenticator, Principal
 from wearemo.api.keystore import KeyStore
 from wearemo.api.limits import RateLimiter
 from wearemo.api.live import LiveHub
@@ -47,6 +45,7 @@ __all__ = [
     "AlertsDep",
     "AppState",
     "AuditLogDep",
+    "AuthDep",
     "CalibratableSubject",
     "IngestPrincipal",
     "KeyStoreDep",
@@ -82,7 +81,7 @@ class Resources:
     live: LiveHub
     keys: KeyStore
     audit: AuditLog
-    admin_key_sha256: bytes
+    auth: Authenticator
 
 
 class AppState(TypedDict):
@@ -158,6 +157,11 @@ def get_keys(request: HTTPConnection) -> KeyStore:
     return get_resources(request).keys
 
 
+def get_auth(request: HTTPConnection) -> Authenticator:
+    """The app's authenticator (checks keys, keeps open connections' principals current)."""
+    return get_resources(request).auth
+
+
 def get_audit(request: HTTPConnection) -> AuditLog:
     """The app's audit log."""
     return get_resources(request).audit
@@ -165,6 +169,7 @@ def get_audit(request: HTTPConnection) -> AuditLog:
 
 KeyStoreDep = Annotated[KeyStore, Depends(get_keys)]
 AuditLogDep = Annotated[AuditLog, Depends(get_audit)]
+AuthDep = Annotated[Authenticator, Depends(get_auth)]
 
 _SCOPE_HELP = "; ".join(f"`{k}`: {v}" for k, v in SCOPES.items())
 _bearer = HTTPBearer(
@@ -223,14 +228,7 @@ def authenticate(
             detail="missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
             headers={"WWW-Authenticate": _CHALLENGE},
         )
-    res = get_resources(request)
-    principal: Principal | None = None
-    if hmac.compare_digest(hashlib.sha256(key.encode()).digest(), res.admin_key_sha256):
-        principal = Principal(BOOTSTRAP_KEY_ID, "admin", None)
-    else:
-        info = res.keys.verify(key)
-        if info is not None:
-            principal = Principal(info.key_id, info.role, res.keys.grant(info))
+    principal = get_resources(request).auth.authenticate(key)
     if principal is None:
         ctx.refusal = "invalid API key"
         raise HTTPException(

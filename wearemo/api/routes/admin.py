@@ -97,7 +97,8 @@ def list_keys(keys: KeyStoreDep, _: AdminPrincipal) -> list[KeyOut]:
 @router.delete("/keys/{key_id}", responses=_404)
 def revoke_key(key_id: _KEY_ID, keys: KeyStoreDep, _: AdminPrincipal,
                request: Request) -> KeyOut:
-    """Revoke a key: refused from the next request on. Idempotent."""
+    """Revoke a key: refused from the next request on, and its open streams and ingest
+    WebSockets are closed (4401). Idempotent."""
     audit_context(request).detail = f"revoked key {key_id}"
     try:
         return _key_out(keys.revoke(key_id))
@@ -136,7 +137,7 @@ def add_cohort_subjects(cohort: _COHORT, body: SubjectsRequest, keys: KeyStoreDe
 @router.delete("/cohorts/{cohort}/subjects/{subject_id}", responses=_404)
 def remove_cohort_subject(cohort: _COHORT, subject_id: SubjectId, keys: KeyStoreDep,
                           _: AdminPrincipal, request: Request) -> CohortOut:
-    """Remove a subject from a cohort."""
+    """Remove a subject from a cohort (open streams of its reader keys drop the subject)."""
     audit_context(request).detail = f"cohort {cohort}: removed {subject_id}"
     try:
         return _cohort_out(keys.remove_subject(cohort, subject_id))
@@ -162,7 +163,7 @@ def grant_cohort(cohort: _COHORT, key_id: _KEY_ID, keys: KeyStoreDep, _: AdminPr
 @router.delete("/cohorts/{cohort}/grants/{key_id}", responses=_404)
 def ungrant_cohort(cohort: _COHORT, key_id: _KEY_ID, keys: KeyStoreDep, _: AdminPrincipal,
                    request: Request) -> CohortOut:
-    """Withdraw a cohort from a reader key."""
+    """Withdraw a cohort from a reader key (its open streams drop the cohort's subjects)."""
     audit_context(request).detail = f"cohort {cohort}: withdrawn from key {key_id}"
     try:
         keys.ungrant_cohort(cohort, key_id)
