@@ -120,27 +120,43 @@ DataDir = Annotated[Path | None, typer.Option(
     help="Service data dir (default: WEAREMO_DATA_DIR, else out/data).")]
 
 
-def _auth_path(data_dir: Path | None) -> Path:
+def _auth_settings(data_dir: Path | None) -> Any:
+    """The settings (environment, with ``--data-dir`` if given); exit 2 when they are bad."""
     from wearemo.settings import Settings
 
-    if data_dir is not None:
-        return Settings(data_dir=data_dir).resolved_auth_path()
     try:
-        return Settings().resolved_auth_path()
+        return Settings(data_dir=data_dir) if data_dir is not None else Settings()
     except ValueError as exc:  # e.g. a weak WEAREMO_ADMIN_KEY in the environment
         console.print(f"[red]bad settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _auth_path(data_dir: Path | None) -> Path:
+    path: Path = _auth_settings(data_dir).resolved_auth_path()
+    return path
+
+
+def _open_audit(data_dir: Path | None, **kw: Any) -> Any:
+    """The data dir's audit log with its key (see ``open_audit_log``); exit 2 with the reason
+    when the key is missing or wrong, or the log must be migrated first."""
+    from wearemo.api.audit import AuditKeyError, open_audit_log
+
+    try:
+        return open_audit_log(_auth_settings(data_dir), **kw)
+    except (AuditKeyError, ValueError) as exc:
+        console.print(f"[red]audit log:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
 
 
 @contextlib.contextmanager
 def _admin(data_dir: Path | None, action: str) -> Any:
     """The key store of the data dir, with the CLI action appended to the audit log."""
-    from wearemo.api.audit import AuditEntry, AuditLog
+    from wearemo.api.audit import AuditEntry
     from wearemo.api.keystore import KeyStore, KeyStoreError, UnknownError
 
     path = _auth_path(data_dir)
     detail: list[str] = []
-    with KeyStore(path) as keys, AuditLog(path) as log:
+    with KeyStore(path) as keys, _open_audit(data_dir) as log:
         try:
             yield keys, detail
         except (KeyStoreError, UnknownError) as exc:
@@ -286,18 +302,59 @@ def subjects_mint(count: Annotated[int, typer.Argument()] = 1,
 
 @audit_app.command("verify")
 def audit_verify(data_dir: DataDir = None) -> None:
-    """Check the audit log's hash chain; exit code 1 at the first tampered entry."""
-    from wearemo.api.audit import AuditLog
+    """Check the audit log's keyed chain; exit code 1 at the first tampered entry (or when
+    the log is still in the old unkeyed format), 2 when the audit key is missing."""
+    from wearemo.api.audit import AuditKeyError, AuditLog
+    from wearemo.api.auth import load_audit_key
 
-    with AuditLog(_auth_path(data_dir)) as log:
-        report = log.verify()
+    settings = _auth_settings(data_dir)
+    try:
+        key, _ = load_audit_key(settings)  # never made here: a new key verifies nothing
+    except ValueError as exc:
+        console.print(f"[red]audit key:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    with AuditLog(settings.resolved_auth_path(), key=key) as log:
+        try:
+            report = log.verify()
+        except AuditKeyError as exc:
+            console.print(f"[red]audit log:[/red] {exc}: set WEAREMO_AUDIT_KEY or restore "
+                          "data_dir/audit.key", highlight=False)
+            raise typer.Exit(2) from exc
+    if report.ok and report.unkeyed:
+        console.print(f"[red]audit log unkeyed:[/red] its {report.entries} entries are in the "
+                      "old format (a plain SHA-256 chain, intact), which anyone who can write "
+                      "the file can recompute after deleting entries. Seal it under a key: "
+                      "`wearemo audit migrate` (or start the service once)", highlight=False)
+        raise typer.Exit(1)
     if report.ok:
-        console.print(f"audit log intact: {report.entries} entries, head {report.head_sha256}",
-                      highlight=False)
+        keyed = (f", keyed from entry {report.keyed_from_seq}"
+                 if report.keyed_from_seq and report.keyed_from_seq > 1 else "")
+        console.print(f"audit log intact: {report.entries} entries{keyed}, head "
+                      f"{report.head_sha256}", highlight=False)
         return
     console.print(f"[red]audit log tampered[/red] at entry {report.broken_seq}: "
-                  f"{report.reason} ({report.entries} entries before it intact)")
+                  f"{report.reason} ({report.entries} entries before it intact)",
+                  highlight=False)
     raise typer.Exit(1)
+
+
+@audit_app.command("migrate")
+def audit_migrate(
+    accept_broken: Annotated[bool, typer.Option(
+        help="Seal an old log whose unkeyed chain is already broken, as it is.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Seal a log of an older release (unkeyed SHA-256 chain) under the audit key, after
+    checking its chain; the service does this itself when it generates the key."""
+    with _open_audit(data_dir, migrate=True, accept_broken=accept_broken) as log:
+        sealed = log.sealed
+        n, _ = log.counts()
+    if sealed is None:
+        console.print(f"nothing to migrate: the audit log ({n} entries) is already keyed or "
+                      "empty")
+        return
+    console.print(f"sealed {sealed.seq - 1} entries of the old unkeyed chain under the audit "
+                  f"key (entry {sealed.seq}: {sealed.detail})", highlight=False)
 
 
 @audit_app.command("show")
@@ -309,7 +366,7 @@ def audit_show(subject: Annotated[str | None, typer.Option(help="Only this subje
 
     from wearemo.api.audit import AuditLog
 
-    with AuditLog(_auth_path(data_dir)) as log:
+    with AuditLog(_auth_path(data_dir)) as log:  # reading needs no key
         for e in log.entries(after_seq=after, subject_id=subject, limit=limit):
             print(json.dumps(asdict(e)))
 
@@ -340,12 +397,11 @@ def _demo_keys(data_dir: Path, subjects: list[str], *, per_subject: bool
     """Keys of the demo, created offline in its data dir: device keys for the bridges (one
     for all subjects, or one per subject) and a reader key on a cohort of them for the live
     table. Returns (device keys, reader key)."""
-    from wearemo.api.audit import AuditEntry, AuditLog
+    from wearemo.api.audit import AuditEntry
     from wearemo.api.keystore import KeyStore
-    from wearemo.settings import Settings
 
-    path = Settings(data_dir=data_dir).resolved_auth_path()
-    with KeyStore(path) as keys, AuditLog(path) as log:
+    path = _auth_path(data_dir)
+    with KeyStore(path) as keys, _open_audit(data_dir) as log:
         groups = [[s] for s in subjects] if per_subject else [subjects]
         devices = [keys.create_key("device", subjects=g, name="demo bridge") for g in groups]
         keys.create_cohort("demo", subjects=subjects)

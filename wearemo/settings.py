@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings", "secret_weakness"]
@@ -153,6 +153,19 @@ class Settings(BaseSettings):
     auth_path
         SQLite file of API keys, cohorts and the audit log; defaults to
         ``data_dir / "auth.sqlite3"`` (independent of the state store).
+    auth_recheck_interval_s
+        How often the API looks for key and grant changes made by another process (the CLI,
+        or an edit of the key file), seconds; open connections of a key revoked that way end
+        within about this long. Changes made through the API apply at once, without polling.
+    audit_key
+        The HMAC key of the audit log's chain (``WEAREMO_AUDIT_KEY``); weak values are
+        refused. When unset, one is generated into ``data_dir / "audit.key"`` (mode 0600).
+        Never stored in the database: without it, entries cannot be rewritten unnoticed.
+    audit_refusal_interval_s, audit_refusal_buckets
+        Refused requests (no or bad key, missing scope, subject outside the grant) are
+        audited as one entry per (reason, key, client, route) and interval, plus one entry
+        with the count of the rest; at most ``audit_refusal_buckets`` such kinds per interval,
+        beyond which all share one entry.
     """
 
     model_config = SettingsConfigDict(
@@ -219,18 +232,24 @@ class Settings(BaseSettings):
 
     admin_key: SecretStr | None = None
     auth_path: Path | None = None
+    auth_recheck_interval_s: float = Field(default=1.0, gt=0)
+    audit_key: SecretStr | None = None
+    audit_refusal_interval_s: float = Field(default=60.0, gt=0)
+    audit_refusal_buckets: int = Field(default=100, ge=1, le=100_000)
 
-    @field_validator("admin_key")
+    @field_validator("admin_key", "audit_key")
     @classmethod
-    def _refuse_weak_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+    def _refuse_weak_secret(cls, value: SecretStr | None, info: ValidationInfo
+                            ) -> SecretStr | None:
         if value is None:
             return None
         why = secret_weakness(value.get_secret_value())
         if why is not None:
+            name = str(info.field_name)
             raise ValueError(
-                f"WEAREMO_ADMIN_KEY is refused: {why}. Use a random value, e.g. "
+                f"WEAREMO_{name.upper()} is refused: {why}. Use a random value, e.g. "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`, or leave it "
-                "unset to have one generated into data_dir/admin.key"
+                f"unset to have one generated into data_dir/{name.removesuffix('_key')}.key"
             )
         return value
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,8 +26,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wearemo.alerts import AlertDB, AlertEngine, Dispatcher, RetryPolicy
-from wearemo.api.audit import AuditLog, AuditMiddleware
-from wearemo.api.auth import load_admin_key
+from wearemo.api.audit import AuditLog, AuditMiddleware, open_audit_log
+from wearemo.api.auth import Authenticator, load_admin_key
 from wearemo.api.deps import AppState, Resources
 from wearemo.api.errors import on_http_error, on_store_unavailable, on_validation_error
 from wearemo.api.keystore import KeyStore
@@ -76,6 +75,16 @@ async def _retention_loop(store: StateStore, cfg: Settings) -> None:
         except Exception:  # a store outage must not end the policy: try again next time
             log.exception("retention run failed; retrying in %.0f s", cfg.retention_interval_s)
         await asyncio.sleep(cfg.retention_interval_s)
+
+
+async def _audit_flush_loop(audit: AuditLog, interval_s: float) -> None:
+    """Write the counts of refused requests once their interval is over."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await run_in_threadpool(audit.flush_refusals)
+        except Exception:  # logged; the counts stay pending and are written next time
+            log.exception("audit: could not write the refusal counts")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -152,11 +161,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         admin_key = await run_in_threadpool(load_admin_key, cfg)
         keys = await run_in_threadpool(KeyStore, cfg.resolved_auth_path())
-        audit = await run_in_threadpool(AuditLog, cfg.resolved_auth_path())
+        # Refuses to start on a wrong or lost audit key, or an older log needing migration.
+        audit = await run_in_threadpool(open_audit_log, cfg)
+        auth = Authenticator(keys, admin_key)
+        auth.bind(asyncio.get_running_loop())
+        # Changes through this process notify at once; this catches the CLI's.
+        watching = asyncio.create_task(auth.watch_store(cfg.auth_recheck_interval_s),
+                                       name="wearemo-key-changes")
+        flushing = asyncio.create_task(_audit_flush_loop(audit, cfg.audit_refusal_interval_s),
+                                       name="wearemo-audit-refusals")
         resources = Resources(
             settings=cfg, store=store, model=model, pipeline=pipeline, live=hub, keys=keys,
-            audit=audit, admin_key_sha256=hashlib.sha256(admin_key.encode()).digest(),
-            limiter=limiter,
+            audit=audit, auth=auth, limiter=limiter,
         )
         # Move everything built so far (the model above all) out of the garbage collector's
         # reach: otherwise each full collection walks it again, and ingest allocates enough
@@ -173,14 +189,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(engine.stop)
             delivering.cancel()
             pruning.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruning
-            with contextlib.suppress(asyncio.CancelledError):
-                await delivering
+            watching.cancel()
+            flushing.cancel()
+            for task in (pruning, delivering, watching, flushing):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            auth.close()
             alert_db.close()
             store.close()
             keys.close()
-            audit.close()
+            audit.close()  # writes the pending refusal counts
 
     app = FastAPI(
         title="wearemo",

@@ -366,10 +366,16 @@ class AuditEntryOut(BaseModel):
     role: str | None
     action: str = Field(examples=["GET /v1/subjects/{subject_id}/states"])
     subject_id: str | None
-    outcome: int = Field(description="HTTP status of the answer (0: a CLI action).")
+    outcome: int = Field(description="HTTP status of the answer (0: a CLI action; 4401/4403: "
+                         "an open stream ended by a revocation or a withdrawn grant).")
     detail: str
     prev_sha256: str
-    sha256: str
+    sha256: str = Field(description="The entry's chain value: HMAC-SHA256 under the audit key "
+                        "(`keyed`), or plain SHA-256 for entries older than the keyed chain.")
+    client: str | None = Field(default=None, description="The caller's network address.")
+    count: int = Field(default=1, description="Requests the entry stands for: refused ones are "
+                       "aggregated per reason, key, client and route and interval.")
+    keyed: bool = True
 
 
 class AuditVerifyResponse(BaseModel):
@@ -381,6 +387,8 @@ class AuditVerifyResponse(BaseModel):
                              "detect entries cut off the end later.")
     broken_seq: int | None
     reason: str | None
+    keyed_from_seq: int | None = Field(default=None, description="First entry of the keyed "
+                                       "chain; older entries were sealed by it.")
 
 
 class ErasureResponse(BaseModel):

@@ -97,7 +97,8 @@ def list_keys(keys: KeyStoreDep, _: AdminPrincipal) -> list[KeyOut]:
 @router.delete("/keys/{key_id}", responses=_404)
 def revoke_key(key_id: _KEY_ID, keys: KeyStoreDep, _: AdminPrincipal,
                request: Request) -> KeyOut:
-    """Revoke a key: refused from the next request on. Idempotent."""
+    """Revoke a key: refused from the next request on, and its open streams and ingest
+    WebSockets are closed (4401). Idempotent."""
     audit_context(request).detail = f"revoked key {key_id}"
     try:
         return _key_out(keys.revoke(key_id))
@@ -136,7 +137,7 @@ def add_cohort_subjects(cohort: _COHORT, body: SubjectsRequest, keys: KeyStoreDe
 @router.delete("/cohorts/{cohort}/subjects/{subject_id}", responses=_404)
 def remove_cohort_subject(cohort: _COHORT, subject_id: SubjectId, keys: KeyStoreDep,
                           _: AdminPrincipal, request: Request) -> CohortOut:
-    """Remove a subject from a cohort."""
+    """Remove a subject from a cohort (open streams of its reader keys drop the subject)."""
     audit_context(request).detail = f"cohort {cohort}: removed {subject_id}"
     try:
         return _cohort_out(keys.remove_subject(cohort, subject_id))
@@ -162,7 +163,7 @@ def grant_cohort(cohort: _COHORT, key_id: _KEY_ID, keys: KeyStoreDep, _: AdminPr
 @router.delete("/cohorts/{cohort}/grants/{key_id}", responses=_404)
 def ungrant_cohort(cohort: _COHORT, key_id: _KEY_ID, keys: KeyStoreDep, _: AdminPrincipal,
                    request: Request) -> CohortOut:
-    """Withdraw a cohort from a reader key."""
+    """Withdraw a cohort from a reader key (its open streams drop the cohort's subjects)."""
     audit_context(request).detail = f"cohort {cohort}: withdrawn from key {key_id}"
     try:
         keys.ungrant_cohort(cohort, key_id)
@@ -246,13 +247,15 @@ def read_audit(
 
 @router.get("/audit/verify")
 def verify_audit(audit: AuditLogDep, _: AdminPrincipal) -> AuditVerifyResponse:
-    """Recompute the audit log's hash chain; ``ok`` is false at the first tampered entry."""
+    """Recompute the audit log's keyed chain; ``ok`` is false at the first tampered entry."""
     r = audit.verify()
     return AuditVerifyResponse(ok=r.ok, entries=r.entries, head_sha256=r.head_sha256,
-                               broken_seq=r.broken_seq, reason=r.reason)
+                               broken_seq=r.broken_seq, reason=r.reason,
+                               keyed_from_seq=r.keyed_from_seq)
 
 
 def _entry_out(e: AuditEntry) -> AuditEntryOut:
     return AuditEntryOut(seq=e.seq, at_ns=e.at_ns, key_id=e.key_id, role=e.role,
                          action=e.action, subject_id=e.subject_id, outcome=e.outcome,
-                         detail=e.detail, prev_sha256=e.prev_sha256, sha256=e.sha256)
+                         detail=e.detail, prev_sha256=e.prev_sha256, sha256=e.sha256,
+                         client=e.client, count=e.count, keyed=e.keyed)
