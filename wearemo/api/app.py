@@ -53,6 +53,7 @@ from wearemo.model import load_model
 from wearemo.pipeline import Pipeline
 from wearemo.settings import Settings, get_settings
 from wearemo.store import StateStore, StoreUnavailableError, open_store
+from wearemo.store.private import private_dir
 from wearemo.store.retention import apply_retention
 
 __all__ = ["create_app"]
@@ -111,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     raise ValueError(f"WEAREMO_{setting.upper()}={path}: model {m.version} has "
                                      f"target {m.target!r}, expected one of {targets}")
                 extra.append(m)
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.data_dir)  # 0700: health data and secrets live here
         store = await run_in_threadpool(open_store, cfg)
         window = WindowConfig(
             length_s=cfg.window_s,

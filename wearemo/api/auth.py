@@ -29,11 +29,11 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from wearemo.api.keystore import Role
 from wearemo.settings import Settings, secret_weakness
+from wearemo.store.private import private_dir
 
 __all__ = [
     "ADMIN_KEY_FILE",
@@ -117,8 +117,7 @@ def load_admin_key(settings: Settings) -> str:
     """
     if settings.admin_key is not None:  # checked by Settings already
         return settings.admin_key.get_secret_value()
-    path = Path(settings.data_dir) / ADMIN_KEY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = private_dir(settings.data_dir) / ADMIN_KEY_FILE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

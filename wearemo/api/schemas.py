@@ -392,6 +392,10 @@ class ErasureResponse(BaseModel):
         "calibrations, ...).")
     alert_rows: int = Field(description="Alert rules, alerts and webhook deliveries removed.")
     grants: int = Field(description="Cohort memberships and key grants removed.")
+    wal_truncated: bool = Field(
+        description="Whether the write-ahead logs of the SQLite files were emptied, so no "
+        "copy of the erased rows stays on disk; false when another process's open read "
+        "blocked it (the next erasure or retention run completes it).")
 
 
 class RetentionResponse(BaseModel):
@@ -399,3 +403,6 @@ class RetentionResponse(BaseModel):
 
     cutoff_ns: int = Field(description="Data older than this (unix ns) was removed.")
     removed: dict[str, int] = Field(description="Store records removed per kind.")
+    wal_truncated: bool = Field(
+        description="Whether the store's write-ahead log was emptied afterwards (see "
+        "ErasureResponse).")
