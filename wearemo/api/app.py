@@ -32,7 +32,7 @@ from wearemo.api.auth import load_admin_key
 from wearemo.api.deps import AppState, Resources
 from wearemo.api.errors import on_http_error, on_store_unavailable, on_validation_error
 from wearemo.api.keystore import KeyStore
-from wearemo.api.limits import BodySizeLimit, RateLimiter
+from wearemo.api.limits import BodyReadTimeout, BodySizeLimit, RateLimiter
 from wearemo.api.live import LiveHub
 from wearemo.api.observe import RequestObserver
 from wearemo.api.routes import (
@@ -193,6 +193,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StoreUnavailableError, on_store_unavailable)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_request_bytes)
+    app.add_middleware(BodyReadTimeout, timeout_s=cfg.body_timeout_s,
+                       min_bytes_per_s=cfg.body_min_bytes_per_s)
     app.add_middleware(AuditMiddleware)  # sees the status the client gets
     app.add_middleware(RequestObserver)  # added last: outermost, sees every answer
     app.include_router(health.router)
