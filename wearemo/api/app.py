@@ -1,7 +1,8 @@
 """The FastAPI application: ``create_app()`` builds it, the lifespan builds its resources.
 
 Run it with ``wearemo serve`` or ``uvicorn --factory wearemo.api.app:create_app`` (settings
-from ``WEAREMO_*`` environment variables). OpenAPI docs are served at ``/docs``.
+from ``WEAREMO_*`` environment variables). OpenAPI docs are served at ``/docs`` (Swagger UI)
+and ``/redoc``, with their assets from this server: they work offline.
 
 Example
 -------
@@ -23,6 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -56,9 +58,12 @@ from wearemo.store import StateStore, StoreUnavailableError, open_store
 from wearemo.store.private import private_dir
 from wearemo.store.retention import apply_retention
 
-__all__ = ["create_app"]
+__all__ = ["DOCS_ASSETS", "create_app"]
 
 log = logging.getLogger(__name__)
+
+#: Where the API docs' own scripts, styles and icon are served (no CDN).
+DOCS_ASSETS = "/docs-assets"
 
 def _version() -> str:
     try:
@@ -183,11 +188,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys.close()
             audit.close()
 
-    app = FastAPI(
+    # /docs and /redoc with the Swagger UI and ReDoc files of the fastapi-offline package
+    # served from here: FastAPI's defaults load them from a CDN, which leaves the pages blank
+    # offline and on locked-down (e.g. hospital) networks. No validator badge either: it
+    # would send the schema's URL to an outside service.
+    app = FastAPIOffline(
         title="wearemo",
         version=_version(),
         summary="Wearable physiological streams to stress states.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StoreUnavailableError, on_store_unavailable)
