@@ -8,9 +8,14 @@ against its schema and that the API accepts when posted as it stands.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -18,7 +23,7 @@ import httpx
 import jsonschema
 import msgpack
 import pytest
-from api_support import admin_client, body, serve, settings_for, sim_batches
+from api_support import admin_client, body, create_key, serve, settings_for, sim_batches
 
 pytestmark = pytest.mark.e2e
 
@@ -135,3 +140,29 @@ def test_every_example_is_accepted_when_posted(url: str) -> None:
                 re.sub(r"\{[^}]+\}", "[^/]+", p), r.request.url.path)}
         assert posted == set(examples)
 
+
+def test_alert_curl_examples_of_the_docs_work_as_written(url: str) -> None:
+    """docs/alerts.md's curl commands, run by a shell against the server (only the host and
+    the key filled in): each creates its rule."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text()
+    [block] = [b for b in re.findall(r"```sh\n(.*?)```", doc, re.S) if "alerts/rules" in b]
+    with admin_client(url) as c:
+        if c.get("/v1/subjects/s01").status_code == 404:  # the examples test may have made it
+            assert c.post("/v1/ingest", json=body(sim_batches("s01", 20))).status_code == 200
+        key = create_key(c, "reader", cohorts=["alerts-doc"])
+        assert c.post("/v1/admin/cohorts/alerts-doc/subjects",
+                      json={"subjects": ["s01"]}).status_code == 200
+        before = len(c.get("/v1/subjects/s01/alerts/rules").json())
+        script = block.replace("localhost:8000", url.removeprefix("http://"))
+        out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env={
+            **os.environ, "KEY": key}, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        answers, text, at = [], out.stdout.strip(), 0
+        while at < len(text):  # curl prints the answers back to back
+            answer, at = json.JSONDecoder().raw_decode(text, at)
+            answers.append(answer)
+            at = len(text) - len(text[at:].lstrip())
+        assert [a.get("kind") for a in answers] == ["stress_sustained", "no_data"], out.stdout
+        assert len(c.get("/v1/subjects/s01/alerts/rules").json()) == before + 2
