@@ -22,12 +22,14 @@ MIN_RATE = 1000.0  # body_min_bytes_per_s
 CEILING_S = 90.0  # generous: the CI machine may be busy
 
 
-def _headers(port: int, length: int) -> bytes:
+def _headers(port: int, length: int, *, method: str = "POST", path: str = "/v1/ingest",
+             close: bool = True) -> bytes:
     # Connection: close: the server closes once it has answered, so "read to EOF" is the
     # whole answer, whichever it is.
-    return (f"POST /v1/ingest HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Authorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+            f"Content-Length: {length}\r\n" + ("Connection: close\r\n" if close else "")
+            + "\r\n").encode()
 
 
 def _answer(raw: bytes) -> tuple[int, dict]:
@@ -43,7 +45,7 @@ def test_byte_at_a_time_bodies_are_cut_off_and_others_still_served(tmp_path: Pat
         answers: dict[int, bytes] = {}
         for i in range(40):
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
-            s.sendall(_headers(port, 100_000))
+            s.sendall(_headers(port, 100_000, close=False))
             s.setblocking(False)
             sel.register(s, selectors.EVENT_READ, i)
             answers[i] = b""
@@ -104,3 +106,32 @@ def test_a_slow_but_steady_upload_is_not_cut_off(tmp_path: Path) -> None:
         status, answer = _answer(raw)
         assert status == 200, answer
         assert answer["stored"] == 4
+
+
+def test_an_answer_before_the_body_closes_the_connection(tmp_path: Path) -> None:
+    """A route that answers without reading the body (a GET with one): the rest of the body
+    would be taken untimed on the kept-alive connection, so the server closes it instead."""
+    settings = settings_for(tmp_path, body_timeout_s=TIMEOUT_S, body_min_bytes_per_s=MIN_RATE)
+    with serve(settings) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=CEILING_S) as s:
+            s.sendall(_headers(port, 100_000, method="GET", path="/healthz", close=False))
+            raw = b""
+            started = time.monotonic()
+            while True:  # trickle the body until the server closes
+                assert time.monotonic() - started < CEILING_S, "connection held"
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    s.send(b" ")
+                sel = selectors.DefaultSelector()
+                sel.register(s, selectors.EVENT_READ)
+                ready = sel.select(timeout=0.25)
+                sel.close()
+                if ready:
+                    try:
+                        more = s.recv(65536)
+                    except ConnectionResetError:
+                        more = b""
+                    if not more:
+                        break
+                    raw += more
+        assert raw.startswith(b"HTTP/1.1 200") and b"connection: close" in raw.lower()

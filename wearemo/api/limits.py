@@ -187,7 +187,13 @@ class BodyReadTimeout:
             nonlocal response_started
             if timed_out:
                 return  # whatever the app answers to the aborted read, the answer is 408
-            response_started = response_started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                response_started = True
+                if not body_done:
+                    # Answered before its body was read (e.g. a GET with a body): the server
+                    # would otherwise keep taking the rest of it, untimed, on this connection.
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"connection", b"close")]}
             await send(message)
 
         with contextlib.suppress(_BodyTimeoutError):
