@@ -868,6 +868,7 @@ def export(
     from wearemo.settings import Settings
     from wearemo.store import open_store
     from wearemo.store.export import EXPORT_FORMATS, EXPORT_KINDS, export_stream
+    from wearemo.store.private import private_dir, private_file
 
     settings = Settings(data_dir=data_dir)
     db = settings.resolved_sqlite_path()
@@ -896,11 +897,11 @@ def export(
         if missing:
             raise typer.BadParameter(f"unknown subject(s) {', '.join(missing)}",
                                      param_hint="--subject")
-        out.mkdir(parents=True, exist_ok=True)
+        private_dir(out)  # health data: owner-only, like the store it comes from
         for k in kinds:
             path = out / f"{k}.{fmt}"
             tmp = path.with_suffix(path.suffix + ".part")  # never a half-written file at path
-            with tmp.open("wb") as f:
+            with private_file(tmp).open("wb") as f:
                 for chunk in export_stream(store, subjects, k, fmt,  # type: ignore[arg-type]
                                            start_ns=span[0], end_ns=span[1]):
                     f.write(chunk)

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
         Largest accepted request body; larger uploads get HTTP 413.
     max_batches_per_request
         Largest number of ``SampleBatch``es in one ingest request (or WebSocket message).
+    body_timeout_s, body_min_bytes_per_s
+        A request body must arrive within ``body_timeout_s`` plus one second per
+        ``body_min_bytes_per_s`` bytes received; a slower client (e.g. one sending a byte at a
+        time to hold connections open) gets HTTP 408 and the connection is closed.
     processing
         ``"inline"``: ``POST /v1/ingest`` answers after its batches went through features
         and model (the response counts windows and states). ``"background"``: it answers once
@@ -186,6 +190,8 @@ class Settings(BaseSettings):
     lateness_s: float = Field(default=30.0, ge=0)
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_batches_per_request: int = Field(default=1000, ge=1)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    body_min_bytes_per_s: float = Field(default=5000.0, gt=0)
     processing: Literal["inline", "background"] = "inline"
     processing_workers: int = Field(default=1, ge=1, le=64)
     max_pending_samples: int = Field(default=5_000_000, ge=1)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 
 #: Routes anyone may call: probes and the API description (``/metrics`` joins them later).
 PUBLIC = {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
-          "/metrics"}
+          "/metrics", "/docs-assets"}  # the docs pages' own scripts and styles
 
 
 def eda(batch_id: str, subject: str, start_s: float) -> dict[str, object]:

@@ -1,12 +1,13 @@
 """The FastAPI application: ``create_app()`` builds it, the lifespan builds its resources.
 
 Run it with ``wearemo serve`` or ``uvicorn --factory wearemo.api.app:create_app`` (settings
-from ``WEAREMO_*`` environment variables). OpenAPI docs are served at ``/docs``.
+from ``WEAREMO_*`` environment variables). OpenAPI docs are served at ``/docs`` (Swagger UI)
+and ``/redoc``, with their assets from this server: they work offline.
 
 Example
 -------
 >>> app = create_app(Settings(data_dir="/tmp/wearemo-doc"))
->>> sorted(p for p in app.openapi()["paths"] if p.startswith("/v1"))[:2]
+>>> sorted(p for p in app.openapi()["paths"] if p.startswith("/v1/ingest"))
 ['/v1/ingest', '/v1/ingest/lag']
 """
 
@@ -22,6 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,7 +33,7 @@ from wearemo.api.auth import Authenticator, load_admin_key
 from wearemo.api.deps import AppState, Resources
 from wearemo.api.errors import on_http_error, on_store_unavailable, on_validation_error
 from wearemo.api.keystore import KeyStore
-from wearemo.api.limits import BodySizeLimit, RateLimiter
+from wearemo.api.limits import BodyReadTimeout, BodySizeLimit, RateLimiter
 from wearemo.api.live import LiveHub
 from wearemo.api.observe import RequestObserver
 from wearemo.api.routes import (
@@ -52,11 +54,15 @@ from wearemo.model import load_model
 from wearemo.pipeline import Pipeline
 from wearemo.settings import Settings, get_settings
 from wearemo.store import StateStore, StoreUnavailableError, open_store
+from wearemo.store.private import private_dir
 from wearemo.store.retention import apply_retention
 
-__all__ = ["create_app"]
+__all__ = ["DOCS_ASSETS", "create_app"]
 
 log = logging.getLogger(__name__)
+
+#: Where the API docs' own scripts, styles and icon are served (no CDN).
+DOCS_ASSETS = "/docs-assets"
 
 def _version() -> str:
     try:
@@ -120,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     raise ValueError(f"WEAREMO_{setting.upper()}={path}: model {m.version} has "
                                      f"target {m.target!r}, expected one of {targets}")
                 extra.append(m)
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.data_dir)  # 0700: health data and secrets live here
         store = await run_in_threadpool(open_store, cfg)
         window = WindowConfig(
             length_s=cfg.window_s,
@@ -200,16 +206,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys.close()
             audit.close()  # writes the pending refusal counts
 
-    app = FastAPI(
+    # /docs and /redoc with the Swagger UI and ReDoc files of the fastapi-offline package
+    # served from here: FastAPI's defaults load them from a CDN, which leaves the pages blank
+    # offline and on locked-down (e.g. hospital) networks. No validator badge either: it
+    # would send the schema's URL to an outside service.
+    app = FastAPIOffline(
         title="wearemo",
         version=_version(),
         summary="Wearable physiological streams to stress states.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StoreUnavailableError, on_store_unavailable)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_request_bytes)
+    app.add_middleware(BodyReadTimeout, timeout_s=cfg.body_timeout_s,
+                       min_bytes_per_s=cfg.body_min_bytes_per_s)
     app.add_middleware(AuditMiddleware)  # sees the status the client gets
     app.add_middleware(RequestObserver)  # added last: outermost, sees every answer
     app.include_router(health.router)

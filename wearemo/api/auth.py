@@ -51,6 +51,7 @@ from starlette.concurrency import run_in_threadpool
 
 from wearemo.api.keystore import KeyAccess, KeyStore, Role
 from wearemo.settings import Settings, secret_weakness
+from wearemo.store.private import private_dir
 
 __all__ = [
     "ADMIN_KEY_FILE",
@@ -390,7 +391,7 @@ class PrincipalWatch:
 def _secret_file(path: Path, what: str, *, create: bool) -> tuple[str | None, bool]:
     """A secret kept in a file of its own (mode 0600): read it, or generate it if missing and
     ``create``. Returns (secret or None, whether it was generated now)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     if not create and not path.exists():
         return None, False
     try:
@@ -463,7 +464,7 @@ def load_admin_key(settings: Settings) -> str:
     """
     if settings.admin_key is not None:  # checked by Settings already
         return settings.admin_key.get_secret_value()
-    path = Path(settings.data_dir) / ADMIN_KEY_FILE
+    path = private_dir(settings.data_dir) / ADMIN_KEY_FILE
     key, created = _secret_file(path, "admin key", create=True)
     assert key is not None  # create=True
     if created:

@@ -237,6 +237,7 @@ def authenticate(
             headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
         )
     ctx.key_id, ctx.role = principal.key_id, principal.role
+    request.state.key_id = principal.key_id  # the access log line names the key (observe.py)
     missing = [s for s in security_scopes.scopes if not principal.may(s)]
     if missing:
         ctx.refusal = "scope not held"

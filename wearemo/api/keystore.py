@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from wearemo.samples import ID_PATTERN
-from wearemo.store.sqlite import connect_wal
+from wearemo.store.sqlite import connect_wal, truncate_wal
 
 __all__ = [
     "KEY_PREFIX",
@@ -622,6 +622,17 @@ class KeyStore:
                 raise
         self.refresh()
         return n
+
+    def truncate_wal(self) -> bool:
+        """Empty the write-ahead log, so forgotten grants leave no copy on disk
+        (:func:`~wearemo.store.sqlite.truncate_wal`).
+
+        Example
+        -------
+        >>> KeyStore(":memory:").truncate_wal()
+        True
+        """
+        return truncate_wal(self._db, lock=self._lock)
 
     # -- pseudonyms ------------------------------------------------------------------------
 

@@ -194,13 +194,17 @@ def mint_subjects(body: MintRequest, keys: KeyStoreDep, _: AdminPrincipal,
     "/subjects/{subject_id}",
     responses={404: {"model": ErrorResponse, "description": "Nothing is known of the subject."}},
 )
-def erase_subject(subject_id: SubjectId, pipeline: PipelineDep, alerts: AlertsDep,
-                  keys: KeyStoreDep, _: AdminPrincipal, request: Request) -> ErasureResponse:
+def erase_subject(subject_id: SubjectId, pipeline: PipelineDep, store: StoreDep,
+                  alerts: AlertsDep, keys: KeyStoreDep, _: AdminPrincipal,
+                  request: Request) -> ErasureResponse:
     """Erase a subject everywhere: raw samples, batches, windows, states, calibration (in the
     configured store), its in-memory stream and baseline, alert rules, alerts and webhook
     deliveries, and its cohort memberships and key grants. A later upload under the same id
-    starts from nothing. The audit log keeps the pseudonymous id of this erasure (and earlier
-    accesses): it is the record that the erasure happened."""
+    starts from nothing. Deleted rows are overwritten and the write-ahead logs of the SQLite
+    files truncated, so no copy stays on disk (``wal_truncated`` is false when another
+    process's open read kept a log from being truncated for 5 s; the next erasure or
+    retention run completes it). The audit log keeps the pseudonymous id of this erasure (and
+    earlier accesses): it is the record that the erasure happened."""
     ctx = audit_context(request)
     ctx.touch(subject_id)
     removed = pipeline.erase(subject_id)
@@ -208,9 +212,12 @@ def erase_subject(subject_id: SubjectId, pipeline: PipelineDep, alerts: AlertsDe
     grants = keys.forget_subject(subject_id)
     if not any(removed.values()) and not alert_rows and not grants:
         raise HTTPException(status_code=404, detail=f"unknown subject {subject_id!r}")
-    ctx.detail = f"erased: {removed}, {alert_rows} alert rows, {grants} grants"
+    # Every log is truncated even when one is blocked (a list, not a short-circuiting all()).
+    truncated = all([store.truncate_wal(), alerts.db.truncate_wal(), keys.truncate_wal()])
+    ctx.detail = (f"erased: {removed}, {alert_rows} alert rows, {grants} grants"
+                  + ("" if truncated else "; write-ahead log not truncated yet"))
     return ErasureResponse(subject_id=subject_id, removed=removed, alert_rows=alert_rows,
-                           grants=grants)
+                           grants=grants, wal_truncated=truncated)
 
 
 @router.post(
@@ -224,9 +231,10 @@ def run_retention(store: StoreDep, settings: SettingsDep, _: AdminPrincipal,
     if settings.retention_days is None:
         raise HTTPException(status_code=409, detail="no retention policy: set "
                             "WEAREMO_RETENTION_DAYS to delete data older than that many days")
-    cutoff, removed = apply_retention(store, days=settings.retention_days)
-    audit_context(request).detail = f"retention before {cutoff}: {removed}"
-    return RetentionResponse(cutoff_ns=cutoff, removed=removed)
+    run = apply_retention(store, days=settings.retention_days)
+    audit_context(request).detail = f"retention before {run.cutoff_ns}: {run.removed}"
+    return RetentionResponse(cutoff_ns=run.cutoff_ns, removed=run.removed,
+                             wal_truncated=run.wal_truncated)
 
 
 @router.get("/audit")

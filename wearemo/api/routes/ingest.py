@@ -32,6 +32,7 @@ from wearemo.api.errors import validation_issues
 from wearemo.api.limits import RateLimiter, retry_after
 from wearemo.api.schemas import (
     AUTH_ERRORS,
+    INGEST_EXAMPLE,
     BatchOutcome,
     ConflictDetail,
     ConflictResponse,
@@ -334,10 +335,12 @@ def document_bodies(app: FastAPI) -> None:
         ref = {"$ref": "#/components/schemas/IngestRequest"}
         spec["paths"]["/v1/ingest"]["post"]["requestBody"] = {
             "required": True,
+            "description": "JSON, or msgpack with the same fields where values and "
+            "timestamps_ns may also be raw little-endian bin arrays (docs/ingest.md).",
             "content": {
-                JSON: {"schema": ref},
-                MSGPACK: {"schema": ref, "example": "see docs/ingest.md: the same fields; "
-                          "values/timestamps_ns may be raw little-endian bin arrays"},
+                JSON: {"schema": ref, "example": INGEST_EXAMPLE},
+                # the same data as msgpack (the plain form: lists, not bin arrays)
+                MSGPACK: {"schema": ref, "example": INGEST_EXAMPLE},
             },
         }
         app.openapi_schema = spec
