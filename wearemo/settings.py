@@ -9,14 +9,16 @@ Example
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings", "secret_weakness"]
 
@@ -58,6 +60,24 @@ def secret_weakness(value: str) -> str | None:
     if bits < MIN_SECRET_BITS:
         return f"low entropy (~{bits:.0f} bits estimated, at least {MIN_SECRET_BITS:.0f} needed)"
     return None
+
+
+_LOOKS_NUMERIC = re.compile(r"[\d.]+(/.*)?|.*[:/].*")  # IPv4, anything with ":" or "/"
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+                        r"(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$", re.IGNORECASE)
+
+
+def _allow_entry_problem(entry: str) -> str | None:
+    """Why a webhook allow-list entry is neither a CIDR, an address nor a host name."""
+    if "://" in entry:
+        return "a CIDR, an address or a host name, not a URL"
+    try:
+        ipaddress.ip_network(entry.removeprefix("[").removesuffix("]"))
+        return None
+    except ValueError as exc:
+        if _LOOKS_NUMERIC.fullmatch(entry):
+            return str(exc)  # e.g. host bits set: 10.0.0.1/8
+    return None if _HOST_NAME.match(entry) else "neither a CIDR, an address nor a host name"
 
 
 class Settings(BaseSettings):
@@ -142,7 +162,20 @@ class Settings(BaseSettings):
     alert_check_interval_s
         How often ``no_data`` rules are checked, seconds.
     webhook_timeout_s
-        Timeout of one webhook attempt, seconds.
+        Deadline of one webhook attempt, seconds: resolving, connecting, sending and the whole
+        answer together (a receiver trickling its answer byte by byte is cut off at it).
+    webhook_allow
+        Intranet receivers webhooks may reach (``WEAREMO_WEBHOOK_ALLOW``, comma-separated):
+        CIDRs or single addresses (``10.0.0.0/8``, ``127.0.0.1``) and host names
+        (``hooks.intranet.example``, which may then resolve to private addresses). Without
+        an entry, webhooks go only to public unicast addresses; see ``docs/security.md``.
+    webhook_max_response_bytes
+        Most bytes of a receiver's answer body read; the connection is dropped after them.
+    webhook_concurrency
+        Webhook attempts in flight at once, all destinations together.
+    webhook_concurrency_per_destination
+        Attempts in flight at once to one destination (host), so slow receivers cannot take
+        every slot.
     webhook_max_attempts
         Attempts per delivery (first try included) before it is marked failed.
     webhook_backoff_s, webhook_backoff_max_s
@@ -216,6 +249,10 @@ class Settings(BaseSettings):
     alerts_path: Path | None = None
     alert_check_interval_s: float = Field(default=60.0, gt=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_allow: Annotated[tuple[str, ...], NoDecode] = ()
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
+    webhook_concurrency: int = Field(default=32, ge=1, le=1024)
+    webhook_concurrency_per_destination: int = Field(default=2, ge=1, le=1024)
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_backoff_s: float = Field(default=5.0, gt=0)
     webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
@@ -229,6 +266,23 @@ class Settings(BaseSettings):
         if isinstance(data, dict) and data.get("influx_url") and data.get("store") is None:
             return {**data, "store": "influx"}
         return data
+
+    @field_validator("webhook_allow", mode="before")
+    @classmethod
+    def _split_allow(cls, value: Any) -> Any:
+        # One environment variable, comma-separated: "10.0.0.0/8,hooks.intranet".
+        if isinstance(value, str):
+            return tuple(v for v in re.split(r"[,\s]+", value) if v)
+        return value
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _check_allow(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            why = _allow_entry_problem(entry)
+            if why is not None:
+                raise ValueError(f"WEAREMO_WEBHOOK_ALLOW entry {entry!r}: {why}")
+        return value
 
     @model_validator(mode="after")
     def _check_influx(self) -> Settings:

@@ -34,7 +34,7 @@ def run(rule: RuleSpec, seq: list[tuple[float, float | None]],
     return track, events
 
 
-RULE = RuleSpec(kind="stress_sustained", url="http://127.0.0.1:9/h", threshold=0.8,
+RULE = RuleSpec(kind="stress_sustained", url="https://hooks.example.invalid/h", threshold=0.8,
                 duration_s=60, max_gap_s=30, cooldown_s=300)
 
 
@@ -137,7 +137,7 @@ def test_no_data_uses_the_wall_clock_since_the_last_new_sample() -> None:
     now = [0]
     engine = AlertEngine(AlertDB(":memory:"), store,  # type: ignore[arg-type]
                          clock_ns=lambda: now[0])
-    engine.create_rule("s1", RuleSpec(kind="no_data", url="http://127.0.0.1:9/h",
+    engine.create_rule("s1", RuleSpec(kind="no_data", url="https://hooks.example.invalid/h",
                                       duration_s=1800))
     for minute, latest in ((0, T0), (29, T0), (31, T0 + S), (60, T0 + S), (62, T0 + S)):
         now[0] = minute * 60 * S

@@ -23,8 +23,9 @@ from webhook_receiver import Receiver
 pytestmark = pytest.mark.e2e
 
 SECRET = "test-secret-0123456789abcdef"
+# The receivers listen on loopback: an intranet receiver, allowed explicitly.
 FAST = {"webhook_timeout_s": 0.5, "webhook_backoff_s": 0.2, "webhook_backoff_max_s": 0.5,
-        "alert_check_interval_s": 0.2}
+        "alert_check_interval_s": 0.2, "webhook_allow": ("127.0.0.1",)}
 
 
 def wait_for(what: Callable[[], Any], timeout_s: float = 30.0) -> Any:
@@ -208,14 +209,14 @@ def test_suggestion(tmp_path: Path) -> None:
         assert r["reason"].startswith("latest estimated p_stress 0.1")
         assert r["as_of_ns"] == T0 + 410 * S
         c.post("/v1/subjects/calm1/alerts/rules",
-               json=stress_rule("http://127.0.0.1:9/unused", duration_s=600))
+               json=stress_rule("https://hooks.example.invalid/unused", duration_s=600))
         r = c.get("/v1/subjects/calm1/suggestion").json()
         assert r["action"] == "none" and r["reason"] == (
             "p_stress above 0.05 for 1.8 of the 10.0 min needed")  # 300..410 s
         assert r["window"]["start_ns"] == T0 + 300 * S
         rid = c.get("/v1/subjects/calm1/alerts/rules").json()[0]["id"]
         c.put(f"/v1/subjects/calm1/alerts/rules/{rid}",
-              json=stress_rule("http://127.0.0.1:9/unused"))
+              json=stress_rule("https://hooks.example.invalid/unused"))
         r = c.get("/v1/subjects/calm1/suggestion").json()
         assert r["action"] == "paced_breathing" and r["breaths_per_min"] == 6
         assert r["duration_s"] == 300 and "for 1.8 min" in r["reason"]

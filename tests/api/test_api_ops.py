@@ -95,7 +95,8 @@ def test_json_access_log_line(client: httpx.Client) -> None:
         assert client.post("/v1/ingest", json=body(batches),
                            headers={"X-Request-ID": "req-ingest-1"}).status_code == 200
         r = client.post("/v1/subjects/logs1/alerts/rules", headers={"X-Request-ID": "req-rule"},
-                        json={"kind": "no_data", "url": "http://127.0.0.1:9/h", "secret": secret})
+                        json={"kind": "no_data", "url": "https://hooks.example.invalid/h",
+                              "secret": secret})
         assert r.status_code == 201
     finally:
         root = logging.getLogger()

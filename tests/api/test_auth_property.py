@@ -6,6 +6,10 @@ endpoint (the GET routes are read from the OpenAPI schema, so endpoints added la
 covered too), and checks each answer against the grant the test computes itself:
 
 * a subject outside the grant is answered exactly like an unknown subject (404, same body);
+  the alert endpoints know enrolled subjects (in a cohort or a device grant) without data too,
+  the others only subjects with data;
+* a cohort's alert rules are reached by the reader keys granted that cohort only; any other
+  cohort, existing or not, is answered alike (404, same body);
 * ``GET /v1/subjects`` lists exactly the granted subjects that have data;
 * an ingest with any subject outside the grant is refused (403) and stores nothing at all;
   within the grant a device key's ingest is stored.
@@ -48,6 +52,9 @@ class World:
                                  if "{subject_id}" in p and p.count("{") == 1 and "get" in item
                                  and not p.startswith("/v1/admin"))
         assert len(self.read_paths) >= 4, self.read_paths
+        # Alert rules are set up at enrolment: these know subjects without data.
+        self.enrolment_paths = {p for p in self.read_paths if "/alerts" in p}
+        assert len(self.enrolment_paths) == 3, self.enrolment_paths
 
     def batch(self, subject: str) -> dict[str, object]:
         start = self.next_start_s[subject]
@@ -87,7 +94,7 @@ keys_strategy = st.lists(
 request_strategy = st.lists(
     st.tuples(
         st.integers(0, 2),  # which key (modulo the number of keys)
-        st.sampled_from(["read", "list", "ingest", "calibrate"]),
+        st.sampled_from(["read", "list", "ingest", "calibrate", "cohort"]),
         st.integers(0, 10),  # which read path (modulo their number)
         st.lists(st.sampled_from(SUBJECTS), min_size=1, max_size=3),
     ),
@@ -108,20 +115,20 @@ def test_no_key_reaches_outside_its_grant(
     for name, members in zip(names, cohorts, strict=True):
         r = world.admin.post("/v1/admin/cohorts", json={"name": name, "subjects": sorted(members)})
         assert r.status_code == 201, r.text
-    made: list[tuple[str, str, frozenset[str]]] = []  # (role, secret, grant)
-    for role, grant in keys:
+    made: list[tuple[str, str, frozenset[str], frozenset[str]]] = []  # role, secret, grant,
+    for role, grant in keys:                                            # cohorts granted
         if role == "device":
             subjects = sorted(str(s) for s in grant)
             made.append((role, create_key(world.admin, role, subjects=subjects),
-                         frozenset(subjects)))
+                         frozenset(subjects), frozenset()))
         else:
             chosen = [names[int(i)] for i in grant]
             secret = create_key(world.admin, role, cohorts=chosen)
             reach = frozenset().union(*(cohorts[int(i)] for i in grant))
-            made.append((role, secret, reach))
+            made.append((role, secret, reach, frozenset(chosen)))
 
     for key_index, kind, path_index, subjects in requests:
-        role, secret, grant = made[key_index % len(made)]
+        role, secret, grant, granted_cohorts = made[key_index % len(made)]
         h = bearer(secret)
         sid = subjects[0]
         if kind == "read":
@@ -134,10 +141,22 @@ def test_no_key_reaches_outside_its_grant(
                 # live streams are reached data, recorded by their type.
                 answer = (r.read(), r.json())[1] if ctype.startswith("application/") and \
                     "json" in ctype else ctype
-            if sid not in grant or sid not in world.exists:
+            # Every granted subject is enrolled (the grant is made of cohorts and device
+            # grants), so the alert endpoints reach it with or without data.
+            known = sid in world.exists or path in world.enrolment_paths
+            if sid not in grant or not known:
                 assert (r.status_code, answer) == (404, unknown), (role, path, sid, answer)
             else:
                 assert r.status_code in (200, 404) and answer != unknown, (path, answer)
+        elif kind == "cohort":
+            # one of this example's cohorts, an older example's, or one that never existed
+            name = [*names, "c0", "never"][path_index % (len(names) + 2)]
+            r = world.anon.get(f"/v1/cohorts/{name}/alerts/rules", headers=h)
+            if name in granted_cohorts:
+                assert (r.status_code, r.json()) == (200, []), (role, name, r.text)
+            else:
+                assert (r.status_code, r.json()) == (
+                    404, {"detail": f"unknown cohort {name!r}"}), (role, name, r.text)
         elif kind == "list":
             r = world.anon.get("/v1/subjects", headers=h)
             assert r.status_code == 200

@@ -98,7 +98,7 @@ def test_erasure_removes_a_subject_everywhere_and_nothing_else(tmp_path: Path) -
         device = create_key(c, "device", subjects=["gone1", "kept1"])
         assert c.post("/v1/admin/cohorts", json={"name": "trial",
                       "subjects": ["gone1", "kept1"]}).status_code == 201
-        rule = {"kind": "no_data", "url": "http://127.0.0.1:9/hook", "duration_s": 3600}
+        rule = {"kind": "no_data", "url": "https://hooks.example.invalid/hook", "duration_s": 3600}
         assert c.post("/v1/subjects/gone1/alerts/rules", json=rule).status_code == 201
         before_kept = _snapshot(c, "kept1")
         assert c.get("/v1/subjects/gone1").json()["batches"] == len(gone)

@@ -1,5 +1,9 @@
 """The alerts' own SQLite file: rules (with their tracks), fired alerts and the webhook outbox.
 
+A rule belongs to a subject or to a cohort. A cohort's rule applies to every current and future
+member: it has one track per member (``member_tracks``), and its alerts and deliveries are
+recorded under the member's subject id, like a subject rule's.
+
 It is independent of the state store (``data_dir / "alerts.sqlite3"`` by default), so the
 alerts work the same over any :class:`~wearemo.store.StateStore`. Every write is one
 transaction: a rule's new track, the alerts it fired and their deliveries are stored together,
@@ -25,12 +29,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from wearemo.alerts.destinations import destination_key
 from wearemo.alerts.rules import NoDataTrack, RuleSpec, StressTrack
 from wearemo.store.sqlite import connect_wal, truncate_wal
 
@@ -38,17 +43,29 @@ __all__ = ["AlertDB", "AlertRecord", "Attempt", "Delivery", "NewDelivery", "Rule
 
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
-_SCHEMA = """
+_RULES_TABLE = """
 CREATE TABLE IF NOT EXISTS rules (
     id TEXT PRIMARY KEY,
-    subject_id TEXT NOT NULL,
+    subject_id TEXT,
+    cohort TEXT,
     spec TEXT NOT NULL,
     secret TEXT NOT NULL,
     track TEXT NOT NULL,
     created_ns INTEGER NOT NULL,
-    updated_ns INTEGER NOT NULL
+    updated_ns INTEGER NOT NULL,
+    CHECK ((subject_id IS NULL) <> (cohort IS NULL))
 );
+"""
+
+_SCHEMA = _RULES_TABLE + """
 CREATE INDEX IF NOT EXISTS rules_subject ON rules (subject_id);
+CREATE INDEX IF NOT EXISTS rules_cohort ON rules (cohort);
+CREATE TABLE IF NOT EXISTS member_tracks (
+    rule_id TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    track TEXT NOT NULL,
+    PRIMARY KEY (rule_id, subject_id)
+);
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY,
     rule_id TEXT NOT NULL,
@@ -76,7 +93,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_ns INTEGER NOT NULL,
     finished_ns INTEGER,
     last_status_code INTEGER,
-    last_error TEXT
+    last_error TEXT,
+    dest TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_ns);
 CREATE INDEX IF NOT EXISTS deliveries_subject ON deliveries (subject_id, created_ns);
@@ -95,14 +113,19 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 @dataclass(frozen=True, slots=True)
 class RuleRecord:
-    """A stored rule (its secret stays in the database)."""
+    """A stored rule (its secret stays in the database).
+
+    Exactly one of ``subject_id`` and ``cohort`` is set. A cohort rule's ``track`` is unused
+    (its members' tracks are in :meth:`AlertDB.member_tracks`).
+    """
 
     id: str
-    subject_id: str
+    subject_id: str | None
     spec: RuleSpec
     track: dict[str, Any]
     created_ns: int
     updated_ns: int
+    cohort: str | None = None
 
     def stress_track(self) -> StressTrack:
         """The track of a ``stress_sustained`` rule."""
@@ -159,6 +182,7 @@ class Delivery:
     finished_ns: int | None
     last_status_code: int | None
     last_error: str | None
+    dest: str = ""
     history: tuple[Attempt, ...] = ()
 
 
@@ -184,6 +208,7 @@ class AlertDB:
         self._lock = threading.Lock()
         # owner-only from the start (connect_wal): rule secrets and webhook bodies live here
         self._db = connect_wal(path, timeout_s=5.0)  # sqlite3's default busy timeout
+        _migrate(self._db)
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -210,12 +235,36 @@ class AlertDB:
         track = StressTrack() if spec.kind == "stress_sustained" else NoDataTrack()
         with self._tx() as db:
             db.execute(
-                "INSERT INTO rules VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO rules (id, subject_id, spec, secret, track, created_ns, updated_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (rid, subject_id, _spec_json(spec), secret, json.dumps(track.to_dict()),
                  now_ns, now_ns),
             )
         return RuleRecord(rid, subject_id, spec.model_copy(update={"secret": None}),
                           track.to_dict(), now_ns, now_ns)
+
+    def add_cohort_rule(
+        self, cohort: str, spec: RuleSpec, secret: str, *, now_ns: int
+    ) -> RuleRecord:
+        """Store a new rule of a cohort (it applies to every current and future member).
+
+        Example
+        -------
+        >>> db = AlertDB(":memory:")
+        >>> spec = RuleSpec(kind="no_data", url="https://example.org/h")
+        >>> db.add_cohort_rule("trial-a", spec, "k" * 32, now_ns=0).cohort
+        'trial-a'
+        """
+        rid = uuid.uuid4().hex
+        idle = (StressTrack() if spec.kind == "stress_sustained" else NoDataTrack()).to_dict()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO rules (id, subject_id, cohort, spec, secret, track, created_ns, "
+                "updated_ns) VALUES (?, NULL, ?, ?, ?, ?, ?, ?)",
+                (rid, cohort, _spec_json(spec), secret, json.dumps(idle), now_ns, now_ns),
+            )
+        return RuleRecord(rid, None, spec.model_copy(update={"secret": None}), idle, now_ns,
+                          now_ns, cohort)
 
     def replace_rule(
         self, rule_id: str, spec: RuleSpec, secret: str | None, *, now_ns: int
@@ -223,7 +272,7 @@ class AlertDB:
         """Replace a rule's settings (and secret, unless ``None``); its track starts afresh."""
         track = StressTrack() if spec.kind == "stress_sustained" else NoDataTrack()
         with self._tx() as db:
-            row = db.execute("SELECT subject_id, created_ns FROM rules WHERE id = ?",
+            row = db.execute("SELECT subject_id, created_ns, cohort FROM rules WHERE id = ?",
                              (rule_id,)).fetchone()
             if row is None:
                 return None
@@ -232,14 +281,16 @@ class AlertDB:
                 " WHERE id = ?",
                 (_spec_json(spec), json.dumps(track.to_dict()), now_ns, secret, rule_id),
             )
+            db.execute("DELETE FROM member_tracks WHERE rule_id = ?", (rule_id,))
             _close_open_alerts(db, rule_id, now_ns, "rule changed")
         return RuleRecord(rule_id, row[0], spec.model_copy(update={"secret": None}),
-                          track.to_dict(), row[1], now_ns)
+                          track.to_dict(), row[1], now_ns, row[2])
 
     def delete_rule(self, rule_id: str) -> bool:
         """Delete a rule; its undelivered webhooks are marked failed. ``False`` if unknown."""
         with self._tx() as db:
             gone = db.execute("DELETE FROM rules WHERE id = ?", (rule_id,)).rowcount > 0
+            db.execute("DELETE FROM member_tracks WHERE rule_id = ?", (rule_id,))
             _close_open_alerts(db, rule_id, time.time_ns(), "rule deleted")
             db.execute(
                 "UPDATE deliveries SET status = 'failed', next_attempt_ns = NULL, "
@@ -261,7 +312,7 @@ class AlertDB:
         with self._tx() as db:
             n = db.execute("DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries "
                            "WHERE subject_id = ?)", (subject_id,)).rowcount
-            for table in ("deliveries", "alerts", "rules"):
+            for table in ("deliveries", "alerts", "rules", "member_tracks"):
                 n += db.execute(f"DELETE FROM {table} WHERE subject_id = ?",
                                 (subject_id,)).rowcount
         return n
@@ -285,7 +336,8 @@ class AlertDB:
         return None if row is None else _rule(row)
 
     def rules(self, subject_id: str | None = None, *, kind: str | None = None) -> list[RuleRecord]:
-        """Rules of a subject (all subjects when ``None``), oldest first."""
+        """Rules of a subject (every rule, of subjects and cohorts, when ``None``), oldest
+        first."""
         sql = f"SELECT {_RULE_COLS} FROM rules WHERE 1=1"
         args: list[Any] = []
         if subject_id is not None:
@@ -298,10 +350,55 @@ class AlertDB:
             rows = self._db.execute(sql + " ORDER BY created_ns, id", args).fetchall()
         return [_rule(r) for r in rows]
 
-    def subjects_with_rules(self) -> set[str]:
-        """Subjects that have at least one rule."""
+    def cohort_rules(
+        self, cohorts: Collection[str] | None = None, *, kind: str | None = None
+    ) -> list[RuleRecord]:
+        """Rules of these cohorts (of every cohort when ``None``), oldest first.
+
+        Example
+        -------
+        >>> AlertDB(":memory:").cohort_rules(["trial-a"])
+        []
+        """
+        sql = f"SELECT {_RULE_COLS} FROM rules WHERE cohort IS NOT NULL"
+        args: list[Any] = []
+        if cohorts is not None:
+            if not cohorts:
+                return []
+            sql += f" AND cohort IN ({', '.join('?' * len(cohorts))})"
+            args += list(cohorts)
+        if kind is not None:
+            sql += " AND json_extract(spec, '$.kind') = ?"
+            args.append(kind)
         with self._lock:
-            return {r[0] for r in self._db.execute("SELECT DISTINCT subject_id FROM rules")}
+            rows = self._db.execute(sql + " ORDER BY created_ns, id", args).fetchall()
+        return [_rule(r) for r in rows]
+
+    def subjects_with_rules(self) -> set[str]:
+        """Subjects that have at least one rule of their own."""
+        with self._lock:
+            return {r[0] for r in self._db.execute(
+                "SELECT DISTINCT subject_id FROM rules WHERE subject_id IS NOT NULL")}
+
+    def has_cohort_rules(self) -> bool:
+        """Some cohort has a rule."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT 1 FROM rules WHERE cohort IS NOT NULL LIMIT 1").fetchone() is not None
+
+    def member_tracks(self, rule_id: str) -> dict[str, dict[str, Any]]:
+        """A cohort rule's track per member evaluated so far."""
+        with self._lock:
+            rows = self._db.execute("SELECT subject_id, track FROM member_tracks WHERE "
+                                    "rule_id = ? ORDER BY subject_id", (rule_id,)).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def member_track(self, rule_id: str, subject_id: str) -> dict[str, Any] | None:
+        """A cohort rule's track for one member (``None``: not evaluated yet)."""
+        with self._lock:
+            row = self._db.execute("SELECT track FROM member_tracks WHERE rule_id = ? AND "
+                                   "subject_id = ?", (rule_id, subject_id)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
 
     def secret(self, rule_id: str) -> str | None:
         """A rule's webhook secret (for signing only)."""
@@ -319,16 +416,24 @@ class AlertDB:
         resolved: Sequence[tuple[str, int, str, NewDelivery]] = (),
         *,
         now_ns: int,
+        member: str | None = None,
     ) -> None:
         """Store a rule's new track, the alerts it fired, resolutions and their deliveries.
 
         ``resolved`` items are ``(alert_id, at_ns, reason, delivery)`` and close that alert.
-        Nothing is stored if the rule was deleted meanwhile.
+        ``member``: the track is a cohort rule's for this member. Nothing is stored if the
+        rule was deleted meanwhile.
         """
         with self._tx() as db:
-            if db.execute("UPDATE rules SET track = ? WHERE id = ?",
-                          (json.dumps(track), rule_id)).rowcount == 0:
-                return
+            if member is None:
+                if db.execute("UPDATE rules SET track = ? WHERE id = ?",
+                              (json.dumps(track), rule_id)).rowcount == 0:
+                    return
+            else:
+                if db.execute("SELECT 1 FROM rules WHERE id = ?", (rule_id,)).fetchone() is None:
+                    return
+                db.execute("INSERT OR REPLACE INTO member_tracks VALUES (?, ?, ?)",
+                           (rule_id, member, json.dumps(track)))
             for alert, delivery in fired:
                 db.execute(
                     "INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
@@ -345,12 +450,16 @@ class AlertDB:
                            (at_ns, reason, alert_id))
                 _enqueue(db, alert_id, rule_id, row[0], delivery, now_ns)
 
-    def open_alert_id(self, rule_id: str) -> str | None:
-        """The id of the rule's alert that has not resolved yet."""
+    def open_alert_id(self, rule_id: str, subject_id: str | None = None) -> str | None:
+        """The id of the rule's alert (for ``subject_id``: a cohort rule's member) that has
+        not resolved yet."""
+        sql = "SELECT id FROM alerts WHERE rule_id = ? AND resolved_ns IS NULL"
+        args: list[Any] = [rule_id]
+        if subject_id is not None:
+            sql += " AND subject_id = ?"
+            args.append(subject_id)
         with self._lock:
-            row = self._db.execute(
-                "SELECT id FROM alerts WHERE rule_id = ? AND resolved_ns IS NULL "
-                "ORDER BY created_ns DESC LIMIT 1", (rule_id,)).fetchone()
+            row = self._db.execute(sql + " ORDER BY created_ns DESC LIMIT 1", args).fetchone()
         return None if row is None else str(row[0])
 
     def alerts(self, subject_id: str, *, limit: int = 100) -> list[AlertRecord]:
@@ -365,21 +474,61 @@ class AlertDB:
 
     # -- outbox -----------------------------------------------------------------------------
 
-    def due(self, now_ns: int, *, limit: int, exclude: Sequence[str] = ()) -> list[Delivery]:
-        """Pending deliveries whose next attempt is due, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE status = 'pending' AND "
-                "next_attempt_ns <= ? ORDER BY next_attempt_ns, created_ns LIMIT ?",
-                (now_ns, limit + len(exclude))).fetchall()
-        skip = set(exclude)
-        return [_delivery(r) for r in rows if r[0] not in skip][:limit]
+    def due(
+        self,
+        now_ns: int,
+        *,
+        limit: int,
+        exclude: Sequence[str] = (),
+        busy: Mapping[str, int] | None = None,
+        per_destination: int | None = None,
+    ) -> list[Delivery]:
+        """Pending deliveries whose next attempt is due, oldest first.
 
-    def next_due_ns(self) -> int | None:
-        """When the earliest pending delivery is due (``None``: outbox empty)."""
+        ``exclude``: delivery ids to leave out (in flight). ``busy`` counts the attempts in
+        flight per destination (:attr:`Delivery.dest`); with ``per_destination`` no
+        destination gets more than that many in flight, so later deliveries to other
+        destinations come first.
+
+        Example
+        -------
+        >>> AlertDB(":memory:").due(0, limit=8, busy={"hooks.example.org": 2},
+        ...                         per_destination=2)
+        []
+        """
+        taken = dict(busy or {})
+        skip = set(exclude)
+        full = [d for d, n in taken.items() if per_destination is not None
+                and n >= per_destination]
+        sql = (f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE status = 'pending' AND "
+               f"next_attempt_ns <= ? AND dest NOT IN ({', '.join('?' * len(full))}) "
+               "ORDER BY next_attempt_ns, created_ns")
+        out: list[Delivery] = []
         with self._lock:
-            row = self._db.execute("SELECT MIN(next_attempt_ns) FROM deliveries "
-                                   "WHERE status = 'pending'").fetchone()
+            # Read lazily: only as many rows as it takes to fill ``limit``.
+            for row in self._db.execute(sql, (now_ns, *full)):
+                d = _delivery(row)
+                if d.id in skip:
+                    continue
+                if per_destination is not None and taken.get(d.dest, 0) >= per_destination:
+                    continue
+                taken[d.dest] = taken.get(d.dest, 0) + 1
+                out.append(d)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def next_due_ns(
+        self, *, exclude: Sequence[str] = (), exclude_dests: Sequence[str] = ()
+    ) -> int | None:
+        """When the earliest pending delivery is due (``None``: outbox empty), leaving out
+        the deliveries ``exclude`` (in flight) and the destinations ``exclude_dests``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(next_attempt_ns) FROM deliveries WHERE status = 'pending' AND "
+                f"id NOT IN ({', '.join('?' * len(exclude))}) AND "
+                f"dest NOT IN ({', '.join('?' * len(exclude_dests))})",
+                (*exclude, *exclude_dests)).fetchone()
         return None if row[0] is None else int(row[0])
 
     def pending_count(self) -> int:
@@ -427,10 +576,10 @@ class AlertDB:
         return out
 
 
-_RULE_COLS = "id, subject_id, spec, track, created_ns, updated_ns"
+_RULE_COLS = "id, subject_id, spec, track, created_ns, updated_ns, cohort"
 _DELIVERY_FIELDS = ("id", "alert_id", "rule_id", "subject_id", "event", "url", "body", "status",
                     "attempts", "next_attempt_ns", "created_ns", "finished_ns",
-                    "last_status_code", "last_error")
+                    "last_status_code", "last_error", "dest")
 _DELIVERY_COLS = ", ".join(_DELIVERY_FIELDS)
 
 
@@ -440,7 +589,7 @@ def _spec_json(spec: RuleSpec) -> str:
 
 def _rule(row: Sequence[Any]) -> RuleRecord:
     return RuleRecord(row[0], row[1], RuleSpec.model_validate_json(row[2]), json.loads(row[3]),
-                      row[4], row[5])
+                      row[4], row[5], row[6])
 
 
 def _delivery(row: Sequence[Any], history: tuple[Attempt, ...] = ()) -> Delivery:
@@ -453,9 +602,44 @@ def _enqueue(db: sqlite3.Connection, alert_id: str, rule_id: str, subject_id: st
              d: NewDelivery, now_ns: int) -> None:
     db.execute(
         "INSERT INTO deliveries (id, alert_id, rule_id, subject_id, event, url, body, status, "
-        "attempts, next_attempt_ns, created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
-        (uuid.uuid4().hex, alert_id, rule_id, subject_id, d.event, d.url, d.body, now_ns, now_ns),
+        "attempts, next_attempt_ns, created_ns, dest) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+        (uuid.uuid4().hex, alert_id, rule_id, subject_id, d.event, d.url, d.body, now_ns, now_ns,
+         destination_key(d.url)),
     )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a file written by an older version to the current layout, in place."""
+    rule_cols = [r[1] for r in db.execute("PRAGMA table_info(rules)")]
+    if rule_cols and "cohort" not in rule_cols:
+        # Rules of cohorts have no subject: subject_id loses its NOT NULL, which SQLite can
+        # only do by copying the table.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DROP INDEX IF EXISTS rules_subject")
+            db.execute("ALTER TABLE rules RENAME TO rules_before_cohorts")
+            db.execute(_RULES_TABLE)
+            db.execute("INSERT INTO rules (id, subject_id, cohort, spec, secret, track, "
+                       "created_ns, updated_ns) SELECT id, subject_id, NULL, spec, secret, "
+                       "track, created_ns, updated_ns FROM rules_before_cohorts")
+            db.execute("DROP TABLE rules_before_cohorts")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    delivery_cols = [r[1] for r in db.execute("PRAGMA table_info(deliveries)")]
+    if delivery_cols and "dest" not in delivery_cols:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("ALTER TABLE deliveries ADD COLUMN dest TEXT NOT NULL DEFAULT ''")
+            rows = db.execute("SELECT id, url FROM deliveries").fetchall()
+            db.executemany("UPDATE deliveries SET dest = ? WHERE id = ?",
+                           [(destination_key(url), did) for did, url in rows])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
 
 def _close_open_alerts(db: sqlite3.Connection, rule_id: str, now_ns: int, reason: str) -> None:

@@ -7,6 +7,12 @@ evaluation or SQLite. One worker thread evaluates the queued states in order, ch
 alerts and their deliveries (:meth:`~wearemo.alerts.db.AlertDB.record`); the
 :class:`~wearemo.alerts.webhooks.Dispatcher` then sends them.
 
+A cohort's rule is evaluated for every member, each with its own track; who is a member is
+asked (``cohorts_of`` / ``members_of``) at each evaluation, so members added later are covered
+from their first state (``stress_sustained``) or the next check (``no_data``). Rule URLs are
+checked against the webhook destination policy when a rule is created or replaced
+(:func:`~wearemo.alerts.destinations.check_destination`).
+
 Example
 -------
 >>> engine = AlertEngine(AlertDB(":memory:"), store)                      # doctest: +SKIP
@@ -23,11 +29,19 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from wearemo.alerts.db import AlertDB, AlertRecord, NewDelivery, RuleRecord
-from wearemo.alerts.rules import Event, RuleSpec, no_data_step, stress_step
+from wearemo.alerts.destinations import WebhookAllowList, check_destination
+from wearemo.alerts.rules import (
+    Event,
+    NoDataTrack,
+    RuleSpec,
+    StressTrack,
+    no_data_step,
+    stress_step,
+)
 from wearemo.model import StateEstimate
 from wearemo.samples import Channel
 from wearemo.store import StateStore
@@ -38,6 +52,10 @@ log = logging.getLogger(__name__)
 
 #: Version of the webhook body layout (``docs/alerts.md``).
 PAYLOAD_VERSION = 1
+
+
+def _idle_track(spec: RuleSpec) -> dict[str, Any]:
+    return (StressTrack() if spec.kind == "stress_sustained" else NoDataTrack()).to_dict()
 
 
 class AlertEngine:
@@ -58,6 +76,10 @@ class AlertEngine:
         Called with the rule kind of each fired alert (metrics).
     clock_ns
         Wall clock (``time.time_ns``).
+    allow
+        Intranet webhook receivers allowed besides public addresses.
+    cohorts_of, members_of
+        The cohorts a subject is in, and a cohort's members (none when it does not exist).
     """
 
     def __init__(
@@ -69,6 +91,9 @@ class AlertEngine:
         on_change: Callable[[], None] = lambda: None,
         on_fired: Callable[[str], None] = lambda kind: None,
         clock_ns: Callable[[], int] = time.time_ns,
+        allow: WebhookAllowList | None = None,
+        cohorts_of: Callable[[str], Collection[str]] = lambda subject: (),
+        members_of: Callable[[str], Collection[str]] = lambda cohort: (),
     ) -> None:
         self.db = db
         self.store = store
@@ -76,9 +101,13 @@ class AlertEngine:
         self.on_change = on_change
         self.on_fired = on_fired
         self.clock_ns = clock_ns
+        self.allow = allow if allow is not None else WebhookAllowList()
+        self.cohorts_of = cohorts_of
+        self.members_of = members_of
         self._queue: queue.SimpleQueue[Sequence[StateEstimate] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # rule changes vs. evaluation
         self._watched = frozenset(db.subjects_with_rules())
+        self._cohort_rules = db.has_cohort_rules()
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -97,7 +126,8 @@ class AlertEngine:
 
     def submit(self, states: Sequence[StateEstimate]) -> None:
         """Queue new states for evaluation (the pipeline listener; never blocks)."""
-        if states and states[0].subject_id in self._watched:
+        # With cohort rules any subject may be a member: the worker asks, not the ingest path.
+        if states and (self._cohort_rules or states[0].subject_id in self._watched):
             self._queue.put(states)
 
     def queue_depth(self) -> int:
@@ -109,18 +139,51 @@ class AlertEngine:
     def create_rule(self, subject_id: str, spec: RuleSpec) -> tuple[RuleRecord, str]:
         """Store a rule; returns it and its secret (the only time the secret is given out).
 
+        Raises
+        ------
+        DestinationRefusedError
+            The rule's URL points at a non-public address that is not allow-listed.
+
         Example
         -------
         >>> rule, secret = engine.create_rule("s1", spec)  # doctest: +SKIP
         """
+        check_destination(str(spec.url), self.allow)
         secret = spec.secret or secrets.token_urlsafe(32)
         with self._lock:
             rule = self.db.add_rule(subject_id, spec, secret, now_ns=self.clock_ns())
             self._watched = self._watched | {subject_id}
         return rule, secret
 
+    def create_cohort_rule(self, cohort: str, spec: RuleSpec) -> tuple[RuleRecord, str]:
+        """Store a rule for every current and future member of ``cohort``; returns it and its
+        secret (given out only now).
+
+        Raises
+        ------
+        DestinationRefusedError
+            As :meth:`create_rule`.
+
+        Example
+        -------
+        >>> rule, secret = engine.create_cohort_rule("trial-a", spec)  # doctest: +SKIP
+        """
+        check_destination(str(spec.url), self.allow)
+        secret = spec.secret or secrets.token_urlsafe(32)
+        with self._lock:
+            rule = self.db.add_cohort_rule(cohort, spec, secret, now_ns=self.clock_ns())
+            self._cohort_rules = True
+        return rule, secret
+
     def replace_rule(self, rule_id: str, spec: RuleSpec) -> RuleRecord | None:
-        """Replace a rule's settings (its secret too when ``spec.secret`` is set)."""
+        """Replace a rule's settings (its secret too when ``spec.secret`` is set).
+
+        Raises
+        ------
+        DestinationRefusedError
+            As :meth:`create_rule`; the rule is unchanged.
+        """
+        check_destination(str(spec.url), self.allow)
         with self._lock:
             return self.db.replace_rule(rule_id, spec, spec.secret, now_ns=self.clock_ns())
 
@@ -128,83 +191,120 @@ class AlertEngine:
         """Delete a rule (its pending deliveries are dropped)."""
         with self._lock:
             gone = self.db.delete_rule(rule_id)
-            self._watched = frozenset(self.db.subjects_with_rules())
+            self._refresh_watched()
         return gone
 
     def erase_subject(self, subject_id: str) -> int:
         """Forget a subject's rules, alerts and deliveries (erasure); returns rows deleted."""
         with self._lock:
             n = self.db.erase_subject(subject_id)
-            self._watched = frozenset(self.db.subjects_with_rules())
+            self._refresh_watched()
         return n
+
+    def _refresh_watched(self) -> None:
+        self._watched = frozenset(self.db.subjects_with_rules())
+        self._cohort_rules = self.db.has_cohort_rules()
 
     # -- evaluation -------------------------------------------------------------------------
 
     def evaluate(self, states: Sequence[StateEstimate]) -> None:
-        """Run one subject's new states (window order) through its ``stress_sustained`` rules."""
+        """Run one subject's new states (window order) through its ``stress_sustained`` rules
+        and those of its cohorts."""
         if not states:
             return
         subject = states[0].subject_id
         changed = False
         with self._lock:
-            for rule in self.db.rules(subject, kind="stress_sustained"):
+            rules = self.db.rules(subject, kind="stress_sustained")
+            if self._cohort_rules:
+                rules += self.db.cohort_rules(list(self.cohorts_of(subject)),
+                                              kind="stress_sustained")
+            for rule in rules:
                 if not rule.spec.enabled:
                     continue
-                track = rule.stress_track()
+                track = StressTrack(**self._track(rule, subject))
                 events: list[Event] = []
                 for state in states:
                     events += stress_step(rule.spec, track, state)
-                changed |= self._record(rule, track.to_dict(), events)
+                changed |= self._record(rule, subject, track.to_dict(), events)
         if changed:
             self.on_change()
 
     def check_no_data(self) -> None:
-        """Check every ``no_data`` rule against the newest stored sample of its subject."""
+        """Check every ``no_data`` rule against the newest stored sample of its subject (of
+        each member, for a cohort's rule)."""
         changed = False
         with self._lock:
             for rule in self.db.rules(kind="no_data"):
                 if not rule.spec.enabled:
                     continue
-                track = rule.no_data_track()
-                latest = self._latest_sample_ns(rule.subject_id)
-                events = no_data_step(rule.spec, track, latest_sample_ns=latest,
-                                      now_ns=self.clock_ns())
-                if events or track.to_dict() != rule.track:
-                    changed |= self._record(rule, track.to_dict(), events)
+                subjects = ([rule.subject_id] if rule.subject_id is not None
+                            else sorted(self.members_of(rule.cohort or "")))
+                for subject in subjects:
+                    before = self._track(rule, subject)
+                    track = NoDataTrack(**before)
+                    latest = self._latest_sample_ns(subject)
+                    events = no_data_step(rule.spec, track, latest_sample_ns=latest,
+                                          now_ns=self.clock_ns())
+                    if events or track.to_dict() != before:
+                        changed |= self._record(rule, subject, track.to_dict(), events)
         if changed:
             self.on_change()
+
+    def member_status(self, rule: RuleRecord) -> dict[str, dict[str, Any]]:
+        """A cohort rule's track for each current member (idle until first evaluated).
+
+        Example
+        -------
+        >>> engine.member_status(cohort_rule)["s01"]["phase"]  # doctest: +SKIP
+        'idle'
+        """
+        stored = self.db.member_tracks(rule.id)
+        return {m: stored.get(m) or _idle_track(rule.spec)
+                for m in sorted(self.members_of(rule.cohort or ""))}
+
+    def _track(self, rule: RuleRecord, subject: str) -> dict[str, Any]:
+        """The rule's track for ``subject`` (a cohort member's starts idle)."""
+        if rule.cohort is None:
+            return rule.track
+        stored = self.db.member_track(rule.id, subject)
+        return stored if stored is not None else _idle_track(rule.spec)
 
     def _latest_sample_ns(self, subject_id: str) -> int | None:
         lasts = [t for ch in Channel
                  if (t := self.store.last_sample_ns(subject_id, ch)) is not None]
         return max(lasts) if lasts else None
 
-    def _record(self, rule: RuleRecord, track: dict[str, Any], events: Sequence[Event]) -> bool:
+    def _record(self, rule: RuleRecord, subject: str, track: dict[str, Any],
+                events: Sequence[Event]) -> bool:
         now = self.clock_ns()
+        member = None if rule.cohort is None else subject
         fired: list[tuple[AlertRecord, NewDelivery]] = []
         resolved: list[tuple[str, int, str, NewDelivery]] = []
-        open_id = self.db.open_alert_id(rule.id) if events else None
+        open_id = self.db.open_alert_id(rule.id, member) if events else None
         for ev in events:
             if ev.kind == "fired":
-                alert = AlertRecord(uuid.uuid4().hex, rule.id, rule.subject_id, rule.spec.kind,
+                alert = AlertRecord(uuid.uuid4().hex, rule.id, subject, rule.spec.kind,
                                     ev.at_ns, now, ev.reason, ev.detail, None, None)
-                fired.append((alert, self._delivery(rule, alert.id, ev)))
+                fired.append((alert, self._delivery(rule, subject, alert.id, ev)))
                 open_id = alert.id
                 self.on_fired(rule.spec.kind)
             elif open_id is not None:
-                resolved.append((open_id, ev.at_ns, ev.reason, self._delivery(rule, open_id, ev)))
+                resolved.append((open_id, ev.at_ns, ev.reason,
+                                 self._delivery(rule, subject, open_id, ev)))
                 open_id = None
-        self.db.record(rule.id, track, fired, resolved, now_ns=now)
+        self.db.record(rule.id, track, fired, resolved, now_ns=now, member=member)
         return bool(fired or resolved)
 
     @staticmethod
-    def _delivery(rule: RuleRecord, alert_id: str, ev: Event) -> NewDelivery:
+    def _delivery(rule: RuleRecord, subject: str, alert_id: str, ev: Event) -> NewDelivery:
         body = {
             "version": PAYLOAD_VERSION,
             "event": f"alert.{ev.kind}",
             "alert_id": alert_id,
             "rule_id": rule.id,
-            "subject_id": rule.subject_id,
+            "subject_id": subject,
+            "cohort": rule.cohort,
             "kind": rule.spec.kind,
             "at_ns": ev.at_ns,
             "reason": ev.reason,

@@ -27,7 +27,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from wearemo.alerts import AlertDB, AlertEngine, Dispatcher, RetryPolicy
+from wearemo.alerts import AlertDB, AlertEngine, Dispatcher, RetryPolicy, WebhookAllowList
 from wearemo.api.audit import AuditLog, AuditMiddleware, open_audit_log
 from wearemo.api.auth import Authenticator, load_admin_key
 from wearemo.api.deps import AppState, Resources
@@ -138,16 +138,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             workers=cfg.processing_workers,
                             max_pending_samples=cfg.max_pending_samples)
         alert_db = await run_in_threadpool(AlertDB, cfg.resolved_alerts_path())
+        # Cohorts live in the key file: the alert engine asks it who is in a cohort.
+        keys = await run_in_threadpool(KeyStore, cfg.resolved_auth_path())
+        allow = WebhookAllowList.parse(cfg.webhook_allow)
         dispatcher = Dispatcher(
             alert_db,
             policy=RetryPolicy(base_s=cfg.webhook_backoff_s, cap_s=cfg.webhook_backoff_max_s,
                                max_attempts=cfg.webhook_max_attempts),
             timeout_s=cfg.webhook_timeout_s,
+            concurrency=cfg.webhook_concurrency,
+            per_destination=cfg.webhook_concurrency_per_destination,
+            max_response_bytes=cfg.webhook_max_response_bytes,
+            allow=allow,
             on_outcome=lambda outcome: WEBHOOK_DELIVERIES.labels(outcome=outcome).inc(),
         )
         engine = AlertEngine(
             alert_db, store, check_interval_s=cfg.alert_check_interval_s,
             on_change=dispatcher.wake, on_fired=lambda kind: ALERTS_FIRED.labels(kind=kind).inc(),
+            allow=allow, cohorts_of=keys.subject_cohorts, members_of=keys.cohort_subjects,
         )
         unsubscribe_alerts = pipeline.subscribe(engine.submit)
         hub = LiveHub(queue_size=cfg.live_queue_size)
@@ -235,6 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(live.router)
     app.include_router(interop.router)
     app.include_router(alerts.router)
+    app.include_router(alerts.cohort_router)
     app.include_router(admin.router)
     ingest.document_bodies(app)
     return app

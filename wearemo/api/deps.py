@@ -29,8 +29,8 @@ from starlette.requests import HTTPConnection
 
 from wearemo.alerts import AlertEngine
 from wearemo.api.audit import STATE_KEY, AuditContext, AuditLog
-from wearemo.api.auth import SCOPES, Authenticator, Principal
-from wearemo.api.keystore import KeyStore
+from wearemo.api.auth import BOOTSTRAP_KEY_ID, SCOPES, Authenticator, Principal
+from wearemo.api.keystore import KeyStore, UnknownError
 from wearemo.api.limits import RateLimiter
 from wearemo.api.live import LiveHub
 from wearemo.model import StressModel
@@ -41,12 +41,15 @@ from wearemo.store import StateStore
 
 __all__ = [
     "AdminPrincipal",
+    "AlertableCohort",
     "AlertableSubject",
     "AlertsDep",
     "AppState",
     "AuditLogDep",
     "AuthDep",
     "CalibratableSubject",
+    "CohortName",
+    "EnrolledSubject",
     "IngestPrincipal",
     "KeyStoreDep",
     "KnownSubject",
@@ -55,17 +58,20 @@ __all__ = [
     "ModelDep",
     "PipelineDep",
     "ReadPrincipal",
+    "ReadableCohort",
     "Resources",
     "SettingsDep",
     "StoreDep",
     "SubjectId",
     "audit_context",
     "authenticate",
+    "enrolled_subject",
     "get_live",
     "get_pipeline",
     "get_resources",
     "get_settings",
     "get_store",
+    "granted_cohort",
 ]
 
 
@@ -280,5 +286,65 @@ def known_subject(
 KnownSubject = Annotated[str, Security(known_subject, scopes=["subjects:read"])]
 #: The same, for endpoints that change the subject's baseline (``baseline:write``).
 CalibratableSubject = Annotated[str, Security(known_subject, scopes=["baseline:write"])]
+
+
+def enrolled_subject(
+    subject_id: SubjectId,
+    store: StoreDep,
+    keys: KeyStoreDep,
+    request: HTTPConnection,
+    principal: Annotated[Principal, Security(authenticate)],
+) -> str:
+    """The path's subject id if the caller's key reaches it and it is known: it has data, or
+    it is enrolled (a member of a cohort, or granted to a device key) and may have none yet.
+
+    For alert rules, which are set up at enrolment, before the first upload. A subject outside
+    the key's grant gets the same 404 as one nobody knows.
+    """
+    audit_context(request).touch(subject_id)
+    if not principal.reaches(subject_id) or not (
+            store.has_subject(subject_id) or keys.is_enrolled(subject_id)):
+        raise HTTPException(status_code=404, detail=f"unknown subject {subject_id!r}")
+    return subject_id
+
+
+#: A subject id the key may read that has data or is enrolled (404 otherwise, alike for both).
+EnrolledSubject = Annotated[str, Security(enrolled_subject, scopes=["subjects:read"])]
 #: The same, for endpoints that change the subject's alert rules (``alerts:write``).
-AlertableSubject = Annotated[str, Security(known_subject, scopes=["alerts:write"])]
+AlertableSubject = Annotated[str, Security(enrolled_subject, scopes=["alerts:write"])]
+
+#: A cohort's name in the path.
+CohortName = Annotated[
+    str,
+    Path(pattern=ID_PATTERN, description="A cohort's name.", examples=["trial-a"]),
+]
+
+
+def granted_cohort(
+    cohort: CohortName,
+    keys: KeyStoreDep,
+    principal: Annotated[Principal, Security(authenticate)],
+) -> str:
+    """The path's cohort if it exists and the caller's key is granted it (admin: any).
+
+    A cohort not granted to the key gets the same 404 as one that does not exist; device keys
+    are granted subjects, not cohorts, so they reach none.
+    """
+    if principal.subjects is None:  # admin
+        try:
+            reached = keys.cohort(cohort).name == cohort
+        except UnknownError:
+            reached = False
+    elif principal.role == "reader" and principal.key_id != BOOTSTRAP_KEY_ID:
+        reached = cohort in keys.key(principal.key_id).cohorts
+    else:
+        reached = False
+    if not reached:
+        raise HTTPException(status_code=404, detail=f"unknown cohort {cohort!r}")
+    return cohort
+
+
+#: A cohort the key is granted and may read (``subjects:read``; 404 otherwise).
+ReadableCohort = Annotated[str, Security(granted_cohort, scopes=["subjects:read"])]
+#: The same, for endpoints that change the cohort's alert rules (``alerts:write``).
+AlertableCohort = Annotated[str, Security(granted_cohort, scopes=["alerts:write"])]

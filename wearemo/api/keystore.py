@@ -577,6 +577,46 @@ class KeyStore:
             raise UnknownError(f"subject {subject_id!r} is not in cohort {cohort!r}")
         return self.cohort(cohort)
 
+    def cohort_subjects(self, cohort: str) -> tuple[str, ...]:
+        """The members of ``cohort`` now; none when it does not exist."""
+        with self._lock:
+            rows = self._db.execute("SELECT subject_id FROM cohort_subjects WHERE cohort=? "
+                                    "ORDER BY subject_id", (cohort,)).fetchall()
+        return tuple(s for (s,) in rows)
+
+    def subject_cohorts(self, subject_id: str) -> tuple[str, ...]:
+        """The cohorts ``subject_id`` is a member of now.
+
+        Example
+        -------
+        >>> ks = KeyStore(":memory:")
+        >>> _ = ks.create_cohort("trial-a", subjects=["s01"])
+        >>> ks.subject_cohorts("s01"), ks.subject_cohorts("s02")
+        (('trial-a',), ())
+        """
+        with self._lock:
+            rows = self._db.execute("SELECT cohort FROM cohort_subjects WHERE subject_id=? "
+                                    "ORDER BY cohort", (subject_id,)).fetchall()
+        return tuple(c for (c,) in rows)
+
+    def is_enrolled(self, subject_id: str) -> bool:
+        """``subject_id`` is a member of a cohort or granted to a device key (it may have no
+        data yet).
+
+        Example
+        -------
+        >>> ks = KeyStore(":memory:")
+        >>> _ = ks.create_key("device", subjects=["s01"])
+        >>> ks.is_enrolled("s01"), ks.is_enrolled("s02")
+        (True, False)
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM cohort_subjects WHERE subject_id=? UNION ALL "
+                "SELECT 1 FROM key_subjects WHERE subject_id=? LIMIT 1",
+                (subject_id, subject_id)).fetchone()
+        return row is not None
+
     def grant_cohort(self, cohort: str, key_id: str) -> None:
         """Let reader key ``key_id`` read the subjects of ``cohort`` (idempotent)."""
         self.cohort(cohort)
