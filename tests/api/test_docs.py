@@ -131,6 +131,10 @@ def test_every_example_is_accepted_when_posted(url: str) -> None:
         checks.append((rule, 201))
         checks.append((send("PUT", "/v1/subjects/{subject_id}/alerts/rules/{rule_id}",
                             subject_id="s01", rule_id=rule.json().get("id", "?")), 200))
+        crule = send("POST", "/v1/cohorts/{cohort}/alerts/rules", cohort="trial-1")
+        checks.append((crule, 201))
+        checks.append((send("PUT", "/v1/cohorts/{cohort}/alerts/rules/{rule_id}",
+                            cohort="trial-1", rule_id=crule.json().get("id", "?")), 200))
         assert [(r.status_code, r.request.url.path) for r, _ in checks] == [
             (want, r.request.url.path) for r, want in checks], [r.text for r, _ in checks]
         # Every documented body was posted above.
@@ -147,7 +151,11 @@ def test_alert_curl_examples_of_the_docs_work_as_written(url: str) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     doc = (Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text()
-    [block] = [b for b in re.findall(r"```sh\n(.*?)```", doc, re.S) if "alerts/rules" in b]
+    blocks = re.findall(r"```sh\n(.*?)```", doc, re.S)
+    for b in blocks:  # every example authenticates
+        for call in re.split(r"\n(?=curl )", b):
+            assert not call.startswith("curl") or "Authorization: Bearer" in call, call
+    [block] = [b for b in blocks if "/v1/subjects/s01/alerts/rules" in b]
     with admin_client(url) as c:
         if c.get("/v1/subjects/s01").status_code == 404:  # the examples test may have made it
             assert c.post("/v1/ingest", json=body(sim_batches("s01", 20))).status_code == 200
