@@ -215,7 +215,7 @@ def test_service_files_are_owner_only(tmp_path: Path) -> None:
             key = (data / "admin.key").read_text().strip()
             with httpx.Client(base_url=url, timeout=30, headers=bearer(key)) as c:
                 _ingest(c, sim_batches("own1", 60))
-                rule = {"kind": "no_data", "url": "http://127.0.0.1:9/hook", "duration_s": 60}
+                rule = {"kind": "no_data", "url": "https://example.org/hook", "duration_s": 60}
                 assert c.post("/v1/subjects/own1/alerts/rules", json=rule).status_code == 201
                 made = sorted((tmp_path / "srv").rglob("*"))
                 names = {p.name for p in made}
