@@ -94,7 +94,8 @@ def test_evaluate_refuses_labels_that_cover_no_window(tmp_path: Path) -> None:
         [sys.executable, "-m", "wearemo", "evaluate", str(rec), "--report",
          str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    assert "cannot evaluate" in done.stdout and "no labelled window" in done.stdout
+    assert "cannot evaluate" in done.stderr and "no labelled window" in done.stderr
+    assert "Traceback" not in done.stderr
     assert not (tmp_path / "r.json").exists()
 
 

@@ -13,10 +13,12 @@ Example
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +40,12 @@ from wearemo.samples import Channel
 
 __all__ = [
     "DEFAULT_EXCERPT",
+    "RecordingIssue",
     "featurize_dirs",
     "frame_to_windows",
     "labelled_windows",
     "predict_rows",
+    "recording_folders",
     "tracking_report",
 ]
 
@@ -55,13 +59,97 @@ DEFAULT_EXCERPT = (
 TRAIN_MIN_FRACTION = 0.8
 
 
+@dataclass(frozen=True, slots=True)
+class RecordingIssue:
+    """Something a batch run reports about one recording folder.
+
+    Attributes
+    ----------
+    folder
+        The recording folder.
+    message
+        One line naming the file, row and token where it applies.
+    skipped
+        True: the recording could not be read and was left out of the run. False: a warning;
+        the recording's valid data was used (e.g. a last line cut mid-line was dropped).
+
+    Example
+    -------
+    >>> RecordingIssue(Path("S07"), "S07/EDA.csv row 5: 'NaN' is not a finite number", True)
+    ... # doctest: +ELLIPSIS
+    RecordingIssue(folder=PosixPath('S07'), message=..., skipped=True)
+    """
+
+    folder: Path
+    message: str
+    skipped: bool
+
+
+#: Called with each issue; when a batch function gets none, the first bad recording raises.
+OnIssue = Callable[[RecordingIssue], None]
+
+#: Errors that mean "this recording cannot be read", not a bug: skipped when reporting issues.
+_UNREADABLE = (ValueError, OSError)
+
+
+def recording_folders(root: Path, *, on_issue: OnIssue | None = None) -> list[Path]:
+    """The recording folders under ``root`` (:func:`~wearemo.datasets.find_recordings`).
+
+    Subfolders that hold no channel file are reported through ``on_issue`` as warnings (a
+    subject folder whose files are named ``eda.csv`` would otherwise vanish from a cohort
+    silently); hidden folders are left alone.
+
+    Raises
+    ------
+    ValueError
+        ``root`` is not a folder or holds no recording folder (one line saying which).
+
+    Example
+    -------
+    >>> recording_folders(DEFAULT_EXCERPT) == [DEFAULT_EXCERPT]
+    True
+    """
+    paths = find_recordings(root)
+    if on_issue is not None and paths != [Path(root)]:
+        for sub in sorted(Path(root).iterdir()):
+            if sub.is_dir() and sub not in paths and not sub.name.startswith("."):
+                on_issue(RecordingIssue(sub, f"{sub}: not a recording folder (no channel "
+                                        "file such as EDA.csv or BVP.csv.gz); ignored", False))
+    return paths
+
+
+def _collect(
+    jobs: list[tuple[Path, Callable[[], Any] | Future[Any]]],
+    on_issue: OnIssue | None,
+) -> list[Any]:
+    """Results of per-recording work, in ``jobs`` order; unreadable recordings are reported
+    and left out (or raise, without ``on_issue``), each result's warnings reported."""
+    out = []
+    for folder, job in jobs:
+        try:
+            result = job.result() if isinstance(job, Future) else job()
+        except _UNREADABLE as exc:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            if str(folder) not in message:
+                message = f"{folder}: {message}"
+            if on_issue is None:
+                raise ValueError(message) from exc
+            on_issue(RecordingIssue(folder, message, True))
+            continue
+        if on_issue is not None:
+            for w in result[1]:
+                on_issue(RecordingIssue(folder, w, False))
+        out.append(result[0])
+    return out
+
+
 def _featurize_one(
     args: tuple[Path, WindowConfig], on_progress: Callable[[float], None] | None = None
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, list[str]]:
     path, config = args
     rec = load_recording(path)
     frame = windows_to_frame(featurize_recording(rec, config=config, on_progress=on_progress))
-    return _add_labels(frame, rec)
+    return _add_labels(frame, rec), rec.warnings
 
 
 def _add_labels(frame: pd.DataFrame, rec: Recording) -> pd.DataFrame:
@@ -92,35 +180,39 @@ def featurize_dirs(
     jobs: int = 2,
     on_progress: Callable[[str, float], None] | None = None,
     config: WindowConfig | None = None,
+    on_issue: OnIssue | None = None,
 ) -> pd.DataFrame:
     """Featurise every recording under ``root`` (one row per window, with labels if present).
 
     ``on_progress(recording_name, fraction)`` is called as recordings advance: continuously
     within each recording when they run in this process, once per finished recording when
     they run in a pool (``jobs > 1`` and several recordings). ``config``, when given, replaces
-    ``WindowConfig(length_s=window_s, step_s=step_s)``.
+    ``WindowConfig(length_s=window_s, step_s=step_s)``. With ``on_issue``, a recording that
+    cannot be read is reported and left out, and loader warnings are reported; without it,
+    the first unreadable recording raises a ``ValueError`` naming its folder.
 
     Example
     -------
     >>> featurize_dirs(DEFAULT_EXCERPT, jobs=1).shape[0] > 100  # doctest: +SKIP
     True
     """
-    paths = find_recordings(root)
+    paths = recording_folders(root, on_issue=on_issue)
     cfg = config or WindowConfig(length_s=window_s, step_s=step_s)
     args = [(p, cfg) for p in paths]
     if jobs > 1 and len(paths) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_featurize_one, a): a[0].name for a in args}
-            for fut in as_completed(futures):
-                if on_progress is not None:
-                    on_progress(futures[fut], 1.0)
-            frames = [f.result() for f in futures]
+            futures = {pool.submit(_featurize_one, a): a[0] for a in args}
+            if on_progress is not None:
+                for fut in as_completed(futures):
+                    on_progress(futures[fut].name, 1.0)
+            frames = _collect([(folder, fut) for fut, folder in futures.items()], on_issue)
     else:
-        frames = []
-        for a in args:
+        def run(a: tuple[Path, WindowConfig]) -> Callable[[], Any]:
             name = a[0].name
-            cb = None if on_progress is None else (lambda x, n=name: on_progress(n, x))
-            frames.append(_featurize_one(a, cb))
+            cb = None if on_progress is None else functools.partial(on_progress, name)
+            return functools.partial(_featurize_one, a, cb)
+
+        frames = _collect([(a[0], run(a)) for a in args], on_issue)
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -169,14 +261,21 @@ def _data_hash(paths: Sequence[Path]) -> str:
 
 
 def labelled_windows(
-    root: Path, *, cache: Path | None = None, jobs: int = 2, config: WindowConfig | None = None
+    root: Path,
+    *,
+    cache: Path | None = None,
+    jobs: int = 2,
+    config: WindowConfig | None = None,
+    on_issue: OnIssue | None = None,
 ) -> tuple[list[LabelledWindows], str]:
     """Feature windows and labels of every recording under ``root`` (+ a hash of the data).
 
     ``cache`` names a Parquet file reused when it was made from the same data, code and window
-    configuration (default ``WindowConfig()``).
+    configuration (default ``WindowConfig()``); it is written only when every recording could
+    be read, so a run that skipped one reports it again next time. ``on_issue`` as in
+    :func:`featurize_dirs`.
     """
-    paths = find_recordings(root)
+    paths = recording_folders(root)
     digest = _data_hash(paths)
     cfg = config or WindowConfig()
     key = f"{digest}:{_code_hash()}:{cfg!r}"
@@ -186,8 +285,16 @@ def labelled_windows(
         if "cache_key" in cached.columns and (cached.cache_key == key).all():
             frame = cached
     if frame is None:
-        frame = featurize_dirs(root, jobs=jobs, config=cfg)
-        if cache is not None:
+        skipped: list[RecordingIssue] = []
+
+        def note(issue: RecordingIssue) -> None:
+            skipped.extend([issue] if issue.skipped else [])
+            if on_issue is not None:
+                on_issue(issue)
+
+        frame = featurize_dirs(root, jobs=jobs, config=cfg,
+                               on_issue=None if on_issue is None else note)
+        if cache is not None and not skipped:
             cache.parent.mkdir(parents=True, exist_ok=True)
             frame.assign(cache_key=key).to_parquet(cache, index=False)
     data = []
@@ -207,7 +314,7 @@ def labelled_windows(
     return data, digest
 
 
-def _predict_one(args: tuple[Path, str, tuple[str, ...]]) -> pd.DataFrame:
+def _predict_one(args: tuple[Path, str, tuple[str, ...]]) -> tuple[pd.DataFrame, list[str]]:
     path, model_name, extra = args
     rec = load_recording(path)
     model = load_model(model_name)
@@ -234,22 +341,28 @@ def _predict_one(args: tuple[Path, str, tuple[str, ...]]) -> pd.DataFrame:
                 "model_version": s.model_version,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), rec.warnings
 
 
 def predict_rows(
-    root: Path, *, model: str = "default", extra: Sequence[str] = (), jobs: int = 2
+    root: Path,
+    *,
+    model: str = "default",
+    extra: Sequence[str] = (),
+    jobs: int = 2,
+    on_issue: OnIssue | None = None,
 ) -> pd.DataFrame:
     """States for every window of every recording under ``root`` (the streaming estimator).
 
     ``extra`` names further models (affect, valence) whose outputs join the stress model's.
+    ``on_issue`` as in :func:`featurize_dirs`.
     """
-    args = [(p, model, tuple(extra)) for p in find_recordings(root)]
+    args = [(p, model, tuple(extra)) for p in recording_folders(root, on_issue=on_issue)]
     if jobs > 1 and len(args) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            frames = list(pool.map(_predict_one, args))
+            frames = _collect([(a[0], pool.submit(_predict_one, a)) for a in args], on_issue)
     else:
-        frames = [_predict_one(a) for a in args]
+        frames = _collect([(a[0], functools.partial(_predict_one, a)) for a in args], on_issue)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

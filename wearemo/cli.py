@@ -637,17 +637,93 @@ def _summarise(client: httpx.Client, report: dict[str, Any], src: str) -> dict[s
     return out
 
 
+#: Table formats of batch outputs, by the ``--out`` file's suffix.
+TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv"}
+
+#: Exit code of a batch command that skipped recordings it could not read; the others'
+#: outputs are written. 2 means nothing was done (bad arguments, no readable recording).
+EXIT_SKIPPED = 3
+
+
+def _say(kind: str, style: str, message: str) -> None:
+    """One line on stderr, never wrapped, never read as markup (messages quote file tokens)."""
+    from rich.text import Text
+
+    err_console.print(Text.assemble((f"{kind}: ", f"bold {style}"), message), soft_wrap=True,
+                      highlight=False)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Say ``message`` as a one-line error; ``raise _fail(...)`` exits with ``code``."""
+    _say("error", "red", " ".join(message.split()))
+    return typer.Exit(code)
+
+
+def _table_format(out: Path, option: str = "--out") -> str:
+    fmt = TABLE_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise _fail(f"{option} {out}: cannot tell the table format from "
+                    f"{out.suffix or 'a name without a suffix'!r}; name it "
+                    f"{' or '.join(TABLE_FORMATS)}")
+    return fmt
+
+
+def _write_table(frame: Any, out: Path, fmt: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")  # never a half-written file at out
+    if fmt == "csv":
+        frame.to_csv(tmp, index=False)
+    else:
+        frame.to_parquet(tmp, index=False)
+    tmp.replace(out)
+
+
+def _recording_count(recordings: Path) -> int:
+    """How many recording folders ``recordings`` holds; a one-line error if none."""
+    from wearemo.datasets import find_recordings
+
+    try:
+        return len(find_recordings(recordings))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _report_issues(issues: list[Any], total: int) -> int:
+    """Print warnings and skipped recordings, one line each, then the summary; returns the
+    exit code (0, or :data:`EXIT_SKIPPED`); exits 2 when no recording could be read."""
+    for issue in issues:
+        if issue.skipped:
+            _say("skipped", "red", issue.message)
+        else:
+            _say("warning", "yellow", issue.message)
+    skipped = [i.folder.name for i in issues if i.skipped]
+    if not skipped:
+        return 0
+    if len(skipped) >= total:
+        raise _fail(f"none of the {total} recordings could be read; nothing written")
+    _say("summary", "red", f"{len(skipped)} of {total} recordings skipped ({', '.join(skipped)}); "
+         f"the other {total - len(skipped)} were processed; exit code {EXIT_SKIPPED}")
+    return EXIT_SKIPPED
+
+
 @app.command()
 def process(
     recordings: Annotated[Path, typer.Argument(help="Recording folder or folder of them.")],
-    out: Annotated[Path, typer.Option(help="Output .parquet or .csv.")],
+    out: Annotated[Path, typer.Option(help="Output table: .parquet or .csv.")],
     window: Annotated[float, typer.Option(help="Window length, s.")] = 60.0,
     step: Annotated[float, typer.Option(help="Window step, s.")] = 5.0,
     jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
 ) -> None:
-    """Featurise recordings (the same incremental code as live streaming) into a table."""
+    """Featurise recordings (the same incremental code as live streaming) into a table.
+
+    A recording that cannot be read is skipped and named; the others are written and the exit
+    code is 3. No recording, or none readable: exit code 2, nothing written.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    fmt = _table_format(out)
+    total = _recording_count(recordings)
+    issues: list[Any] = []
     with Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
                   console=console, transient=False) as bar:
@@ -659,13 +735,11 @@ def process(
             bar.update(tasks[name], completed=fraction)
 
         frame = featurize_dirs(recordings, window_s=window, step_s=step, jobs=jobs,
-                               on_progress=advance)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".csv":
-        frame.to_csv(out, index=False)
-    else:
-        frame.to_parquet(out, index=False)
-    console.print(f"{len(frame)} windows → {out}")
+                               on_progress=advance, on_issue=issues.append)
+    code = _report_issues(issues, total)
+    _write_table(frame, out, fmt)
+    console.print(f"{len(frame)} windows → {out}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
 
 
 Target = Annotated[str, typer.Option(
@@ -689,14 +763,19 @@ def _loso_with_progress(data: list[Any], *, target: str, seed: int, jobs: int,
                              on_fold=lambda _s: bar.advance(task))
 
 
-def _data(recordings: Path, features: Path | None, jobs: int) -> tuple[list[Any], str]:
-    if not recordings.exists():
-        console.print(f"[red]no such folder:[/red] {recordings}")
-        raise typer.Exit(2)
+def _data(recordings: Path, features: Path | None, jobs: int
+          ) -> tuple[list[Any], str, list[Any]]:
+    """Labelled windows of the readable recordings, the data hash, and the skipped ones."""
+    if features is not None and features.suffix.lower() != ".parquet":
+        raise _fail(f"--features {features}: the feature cache is a .parquet file")
+    total = _recording_count(recordings)
+    issues: list[Any] = []
     with console.status("featurising"):
-        data, data_hash = labelled_windows(recordings, cache=features, jobs=jobs)
+        data, data_hash = labelled_windows(recordings, cache=features, jobs=jobs,
+                                           on_issue=issues.append)
+    _report_issues(issues, total)
     console.print(f"{len(data)} subjects, {sum(len(d.windows) for d in data)} windows")
-    return data, data_hash
+    return data, data_hash, [i for i in issues if i.skipped]
 
 
 @app.command()
@@ -715,7 +794,7 @@ def train(
     from wearemo.model.card import model_card
     from wearemo.model.train import fit_model
 
-    data, data_hash = _data(recordings, features, jobs)
+    data, data_hash, skipped = _data(recordings, features, jobs)
     try:
         report = _loso_with_progress(data, target=target, seed=seed, jobs=jobs,
                                      valence_midpoint=valence_midpoint)
@@ -724,14 +803,16 @@ def train(
         with console.status("fitting the model on every subject"):
             model = fit_model(data, target=target, seed=seed, valence_midpoint=valence_midpoint)
     except ValueError as exc:
-        console.print(f"[red]cannot train:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(f"cannot train: {exc}") from None
     model.manifest.update({"data_hash": data_hash, "data": str(recordings), "loso": loso,
                            "withheld_windows": report.withheld})
+    if skipped:  # said in the artifact too: the model was trained without them
+        model.manifest["skipped_recordings"] = {i.folder.name: i.message for i in skipped}
     model.save(out, card=None)
     (out / "MODEL_CARD.md").write_text(model_card(model.manifest))
     (out / "loso_predictions.json").write_text(json.dumps(report.predictions) + "\n")
-    console.print(f"model {model.version} → {out}")
+    console.print(f"model {model.version} → {out}", soft_wrap=True, highlight=False)
+    raise typer.Exit(EXIT_SKIPPED if skipped else 0)
 
 
 @app.command()
@@ -758,7 +839,10 @@ def evaluate(
     from wearemo.model.report import write_report
     from wearemo.model.train import external_evaluate
 
-    data, data_hash = _data(recordings, features, jobs)
+    if report.suffix.lower() != ".json":
+        raise _fail(f"--report {report}: the report is a .json file (the Markdown report and "
+                    "its figures are written beside it)")
+    data, data_hash, skipped = _data(recordings, features, jobs)
     try:
         if loso:
             result = _loso_with_progress(data, target=target, seed=seed, jobs=jobs,
@@ -768,30 +852,48 @@ def evaluate(
                 result = external_evaluate(data, load_model(model),
                                            valence_midpoint=valence_midpoint)
     except (ValueError, FileNotFoundError, ModelVersionError) as exc:
-        console.print(f"[red]cannot evaluate:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(f"cannot evaluate: {exc}") from None
     summary = result.summary() | {"data": str(recordings), "data_hash": data_hash,
                                   "model": "loso (pre-registered)" if loso else model}
+    if skipped:
+        summary["skipped_recordings"] = {i.folder.name: i.message for i in skipped}
     md = write_report(summary, report)
     console.print_json(data=summary["pooled"])
-    console.print(f"report → {report}, {md}")
+    console.print(f"report → {report}, {md}", soft_wrap=True, highlight=False)
+    raise typer.Exit(EXIT_SKIPPED if skipped else 0)
 
 
 @app.command()
 def predict(
     recordings: Annotated[Path, typer.Argument(help="Recording folder or folder of them.")],
-    out: Annotated[Path, typer.Option(help="CSV to write (one row per window).")],
+    out: Annotated[Path, typer.Option(help="Table to write, one row per window: .csv or "
+                                      ".parquet.")],
     model: Annotated[str, typer.Option(help="'default' or an artifact folder.")] = "default",
     affect_model: Annotated[str | None, typer.Option(help="An affect model to add.")] = None,
     valence_model: Annotated[str | None, typer.Option(help="A valence model to add.")] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
 ) -> None:
-    """Run the streaming estimator over recordings; one row per window with its state."""
+    """Run the streaming estimator over recordings; one row per window with its state.
+
+    Unreadable recordings are skipped as in ``process`` (exit code 3).
+    """
+    from wearemo.model import ModelVersionError, load_model
+
+    fmt = _table_format(out)
+    total = _recording_count(recordings)
     extra = [m for m in (affect_model, valence_model) if m]
-    frame = predict_rows(recordings, model=model, extra=extra, jobs=jobs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
-    console.print(f"{len(frame)} windows → {out}")
+    try:  # a wrong model is one error, not one "skipped" line per recording
+        main = load_model(model)
+        main.for_subject("check", extra=[load_model(m) for m in extra])
+    except (ValueError, FileNotFoundError, ModelVersionError) as exc:
+        raise _fail(f"cannot predict: {exc}") from None
+    issues: list[Any] = []
+    frame = predict_rows(recordings, model=model, extra=extra, jobs=jobs,
+                         on_issue=issues.append)
+    code = _report_issues(issues, total)
+    _write_table(frame, out, fmt)
+    console.print(f"{len(frame)} windows → {out}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
 
 
 @app.command()

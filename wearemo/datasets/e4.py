@@ -520,13 +520,14 @@ def _lines(path: Path, text: str, skiprows: int) -> _Lines:
 class _RowError(ValueError):
     """One row that is not ``ncols`` finite numbers (``column`` 1-based, None: the whole row)."""
 
-    def __init__(self, reason: str, column: int | None = None) -> None:
+    def __init__(self, reason: str, column: int | None = None, line: str | None = None) -> None:
         super().__init__(reason)
-        self.reason, self.column = reason, column
+        self.reason, self.column, self.line = reason, column, line
 
     def at(self, path: Path, row: int, ncols: int) -> str:
         col = f", column {self.column}" if self.column is not None and ncols > 1 else ""
-        return f"{path} row {row}{col}: {self.reason}"
+        quoted = f": {self.line!r}" if self.line is not None else ""
+        return f"{path} row {row}{col}: {self.reason}{quoted}"
 
 
 def _parse_row(line: str, ncols: int) -> list[float]:
@@ -534,7 +535,7 @@ def _parse_row(line: str, ncols: int) -> list[float]:
     if fields == [""]:
         raise _RowError("empty line")
     if len(fields) != ncols:
-        raise _RowError(f"{len(fields)} fields, expected {ncols}: {line.strip()!r}")
+        raise _RowError(f"{len(fields)} fields, expected {ncols}", line=line.strip())
     out = []
     for c, token in enumerate(fields, start=1):
         if not token:
@@ -589,8 +590,8 @@ def _read_table(path: Path, lines: _Lines, ncols: int, notes: list[str]) -> np.n
     except _RowError as exc:
         why = exc.reason if exc.column is None else f"column {exc.column}: {exc.reason}"
     notes.append(f"{path} row {lines.tail_row}: the last line has no line end (file cut "
-                 f"mid-line?) and was dropped ({why}): {lines.tail!r}; kept the {len(arr)} "
-                 "whole rows before it")
+                 f"mid-line?); dropped {lines.tail!r} ({why}), kept the {len(arr)} whole rows "
+                 "before it")
     return arr
 
 
