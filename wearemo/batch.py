@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from wearemo.datasets import Recording, find_recordings, load_recording
+from wearemo.datasets import FINGERPRINT_CHANNELS, Recording, find_recordings, load_recording
 from wearemo.features import (
     FEATURE_NAMES,
     FeatureWindow,
@@ -44,9 +44,12 @@ __all__ = [
     "featurize_dirs",
     "frame_to_windows",
     "labelled_windows",
+    "manifest_fingerprints",
     "predict_rows",
+    "recording_fingerprints",
     "recording_folders",
     "tracking_report",
+    "training_overlap",
 ]
 
 #: The real excerpt the virtual wearable replays by default (Stress-Predict S02, MIT license).
@@ -119,11 +122,12 @@ def recording_folders(root: Path, *, on_issue: OnIssue | None = None) -> list[Pa
 
 
 def _collect(
-    jobs: list[tuple[Path, Callable[[], Any] | Future[Any]]],
+    jobs: Sequence[tuple[Path, Callable[[], Any] | Future[Any]]],
     on_issue: OnIssue | None,
-) -> list[Any]:
-    """Results of per-recording work, in ``jobs`` order; unreadable recordings are reported
-    and left out (or raise, without ``on_issue``), each result's warnings reported."""
+) -> list[tuple[Path, Any]]:
+    """(folder, result) of per-recording work, in ``jobs`` order. Each job returns (result,
+    warnings); warnings are reported, unreadable recordings reported and left out (or raise,
+    without ``on_issue``)."""
     out = []
     for folder, job in jobs:
         try:
@@ -139,7 +143,7 @@ def _collect(
         if on_issue is not None:
             for w in result[1]:
                 on_issue(RecordingIssue(folder, w, False))
-        out.append(result[0])
+        out.append((folder, result[0]))
     return out
 
 
@@ -205,15 +209,15 @@ def featurize_dirs(
             if on_progress is not None:
                 for fut in as_completed(futures):
                     on_progress(futures[fut].name, 1.0)
-            frames = _collect([(folder, fut) for fut, folder in futures.items()], on_issue)
+            done = _collect([(folder, fut) for fut, folder in futures.items()], on_issue)
     else:
         def run(a: tuple[Path, WindowConfig]) -> Callable[[], Any]:
             name = a[0].name
             cb = None if on_progress is None else functools.partial(on_progress, name)
             return functools.partial(_featurize_one, a, cb)
 
-        frames = _collect([(a[0], run(a)) for a in args], on_issue)
-    frames = [f for f in frames if len(f)]
+        done = _collect([(a[0], run(a)) for a in args], on_issue)
+    frames = [f for _, f in done if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -360,10 +364,110 @@ def predict_rows(
     args = [(p, model, tuple(extra)) for p in recording_folders(root, on_issue=on_issue)]
     if jobs > 1 and len(args) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            frames = _collect([(a[0], pool.submit(_predict_one, a)) for a in args], on_issue)
+            done = _collect([(a[0], pool.submit(_predict_one, a)) for a in args], on_issue)
     else:
-        frames = _collect([(a[0], functools.partial(_predict_one, a)) for a in args], on_issue)
+        done = _collect([(a[0], functools.partial(_predict_one, a)) for a in args], on_issue)
+    frames = [f for _, f in done]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+#: Block length of the training fingerprints written into model manifests.
+FINGERPRINT_BLOCK_S = 60
+
+
+def _fingerprint_one(path: Path) -> tuple[dict[str, list[str]], list[str]]:
+    rec = load_recording(path, channels=FINGERPRINT_CHANNELS)
+    return rec.fingerprint(block_s=FINGERPRINT_BLOCK_S), []
+
+
+def recording_fingerprints(
+    root: Path, *, subjects: Sequence[str] | None = None, on_issue: OnIssue | None = None
+) -> dict[str, dict[str, list[str]]]:
+    """Content fingerprints (:meth:`~wearemo.datasets.Recording.fingerprint`) of the
+    recordings under ``root``, by subject id (folder name); only ``subjects`` when given.
+
+    ``train`` writes them into the model manifest (``training_fingerprints``) so that
+    :func:`training_overlap` can later tell which evaluated recordings the model has seen.
+
+    Example
+    -------
+    >>> fps = recording_fingerprints(DEFAULT_EXCERPT)
+    >>> sorted(fps[DEFAULT_EXCERPT.name])
+    ['eda', 'ppg', 'rr']
+    """
+    paths = [p for p in recording_folders(root) if subjects is None or p.name in subjects]
+    jobs = [(p, functools.partial(_fingerprint_one, p)) for p in paths]
+    return {folder.name: fp for folder, fp in _collect(jobs, on_issue)}
+
+
+def manifest_fingerprints(fingerprints: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
+    """``training_fingerprints`` for a model manifest: each channel's digests as one
+    space-separated string (compact: ~13 bytes a block).
+
+    Example
+    -------
+    >>> manifest_fingerprints({"S02": {"eda": ["a1", "b2"]}})
+    {'block_s': 60, 'subjects': {'S02': {'eda': 'a1 b2'}}}
+    """
+    return {"block_s": FINGERPRINT_BLOCK_S,
+            "subjects": {s: {ch: " ".join(d) for ch, d in fp.items()}
+                         for s, fp in sorted(fingerprints.items())}}
+
+
+def training_overlap(
+    fingerprints: dict[str, dict[str, list[str]]], manifest: dict[str, Any]
+) -> tuple[dict[str, str], str]:
+    """Which evaluated recordings a model was trained on, and how that was decided.
+
+    Parameters
+    ----------
+    fingerprints
+        Evaluated subject id -> :meth:`~wearemo.datasets.Recording.fingerprint`.
+    manifest
+        The model's manifest: ``training_fingerprints`` (written by ``wearemo train``:
+        ``{"block_s": 60, "subjects": {subject: {channel: "digest digest ..."}}}``) when it has
+        them, else only ``training_subjects``.
+
+    Returns
+    -------
+    seen : dict
+        Evaluated subject -> the training subject whose data it holds (a recording is seen
+        when one of its non-constant blocks equals one of a training recording's).
+    method : str
+        How: by content, or by subject id only (a manifest without fingerprints: then a
+        renamed recording is missed, and another dataset's ``S02`` is taken for the model's).
+
+    Example
+    -------
+    >>> manifest = {"training_fingerprints": {"block_s": 60, "subjects": {"S02": {
+    ...     "eda": "a1 b2"}}}, "training_subjects": ["S02"]}
+    >>> training_overlap({"X9": {"eda": ["b2", "c3"]}, "S02": {"eda": ["d4"]}}, manifest)[0]
+    {'X9': 'S02'}
+    """
+    known = manifest.get("training_fingerprints")
+    if not known:
+        ids = set(manifest.get("training_subjects") or [])
+        return ({s: s for s in sorted(fingerprints) if s in ids},
+                "subject ids only: this model's manifest has no recording fingerprints (retrain "
+                "to add them), so a renamed recording is missed and another dataset's recording "
+                "with a training subject's id is taken for it")
+    owners: dict[tuple[str, str], list[str]] = {}
+    for subject, channels in known.get("subjects", {}).items():
+        for ch, digests in channels.items():
+            for d in digests.split() if isinstance(digests, str) else digests:
+                owners.setdefault((ch, d), []).append(subject)
+    seen: dict[str, str] = {}
+    for subject, channels in sorted(fingerprints.items()):
+        hits: dict[str, int] = {}
+        for ch, digests in channels.items():
+            for d in digests:
+                for owner in owners.get((ch, d), []):
+                    hits[owner] = hits.get(owner, 0) + 1
+        if hits:  # most shared blocks; among equals (copies), the same id, else the first
+            seen[subject] = min(hits, key=lambda k: (-hits[k], k != subject, k))
+    return seen, (f"recording content: {known.get('block_s', FINGERPRINT_BLOCK_S)}-s blocks of "
+                  f"{', '.join(c.value for c in FINGERPRINT_CHANNELS)} shared with a training "
+                  "recording, whatever the folder is called")
 
 
 def tracking_report(states: Sequence[dict[str, Any]], source: Path) -> dict[str, Any] | None:

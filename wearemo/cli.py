@@ -808,6 +808,12 @@ def train(
                            "withheld_windows": report.withheld})
     if skipped:  # said in the artifact too: the model was trained without them
         model.manifest["skipped_recordings"] = {i.folder.name: i.message for i in skipped}
+    # Content fingerprints of the training recordings: `evaluate` recognises them later
+    # whatever their folders are called (and tells another dataset's "S02" from this one's).
+    from wearemo.batch import manifest_fingerprints, recording_fingerprints
+
+    model.manifest["training_fingerprints"] = manifest_fingerprints(recording_fingerprints(
+        recordings, subjects=model.manifest["training_subjects"]))
     model.save(out, card=None)
     (out / "MODEL_CARD.md").write_text(model_card(model.manifest))
     (out / "loso_predictions.json").write_text(json.dumps(report.predictions) + "\n")
@@ -831,34 +837,57 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Random seed (with --loso).")] = 0,
     valence_midpoint: Midpoint = 5.0,
 ) -> None:
-    """Score a model on labelled recordings: LOSO (--loso) or a fixed model (external).
+    """Score a model on labelled recordings: LOSO (--loso) or a fixed model.
 
-    With --loso, --target says what to learn; a fixed model evaluates its own target.
+    With --loso, --target says what to learn; a fixed model evaluates its own target. A fixed
+    model's recordings that are in its training data (recognised by content, whatever their
+    folders are called) are reported apart as in-sample, with a warning; only the others are
+    external validation.
     """
+    from wearemo.batch import recording_fingerprints, training_overlap
     from wearemo.model import ModelVersionError, load_model
     from wearemo.model.report import write_report
-    from wearemo.model.train import external_evaluate
+    from wearemo.model.train import evaluate_fixed
 
     if report.suffix.lower() != ".json":
         raise _fail(f"--report {report}: the report is a .json file (the Markdown report and "
                     "its figures are written beside it)")
+    try:
+        fixed = None if loso else load_model(model)
+    except (ValueError, FileNotFoundError, ModelVersionError) as exc:
+        raise _fail(f"cannot evaluate: {exc}") from None
     data, data_hash, skipped = _data(recordings, features, jobs)
     try:
-        if loso:
-            result = _loso_with_progress(data, target=target, seed=seed, jobs=jobs,
-                                         valence_midpoint=valence_midpoint)
+        if fixed is None:
+            result: Any = _loso_with_progress(data, target=target, seed=seed, jobs=jobs,
+                                              valence_midpoint=valence_midpoint)
         else:
+            # Which recordings the model was trained on, by their content (not folder names).
+            seen, method = training_overlap(
+                recording_fingerprints(recordings, subjects=[d.subject_id for d in data]),
+                fixed.manifest)
+            if seen:
+                pairs = ", ".join(f"{s} (= training subject {t})" if s != t else s
+                                  for s, t in sorted(seen.items()))
+                _say("WARNING", "red", f"{len(seen)} of {len(data)} recordings are in the "
+                     f"training data of model {fixed.version}: {pairs}. Their scores are "
+                     "in-sample, NOT validation; the report gives them apart (in_sample) "
+                     "from the external validation on the others.")
             with console.status(f"scoring model {model}"):
-                result = external_evaluate(data, load_model(model),
-                                           valence_midpoint=valence_midpoint)
-    except (ValueError, FileNotFoundError, ModelVersionError) as exc:
+                result = evaluate_fixed(data, fixed, seen=seen, method=method,
+                                        valence_midpoint=valence_midpoint)
+    except ValueError as exc:
         raise _fail(f"cannot evaluate: {exc}") from None
     summary = result.summary() | {"data": str(recordings), "data_hash": data_hash,
                                   "model": "loso (pre-registered)" if loso else model}
     if skipped:
         summary["skipped_recordings"] = {i.folder.name: i.message for i in skipped}
     md = write_report(summary, report)
-    console.print_json(data=summary["pooled"])
+    for part in ("pooled", "external_validation", "in_sample"):
+        if summary.get(part):
+            scores = summary[part] if part == "pooled" else summary[part]["pooled"]
+            console.print(f"{part.replace('_', ' ')}:" if part != "pooled" else "pooled:")
+            console.print_json(data=scores)
     console.print(f"report → {report}, {md}", soft_wrap=True, highlight=False)
     raise typer.Exit(EXIT_SKIPPED if skipped else 0)
 

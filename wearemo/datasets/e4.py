@@ -20,6 +20,7 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import operator
@@ -44,6 +45,7 @@ from wearemo.samples import (
 
 __all__ = [
     "E4_FILES",
+    "FINGERPRINT_CHANNELS",
     "LabelSegment",
     "Recording",
     "find_recordings",
@@ -63,6 +65,9 @@ E4_FILES: dict[Channel, str] = {
 
 #: Multiplier from the file's unit to the channel's canonical unit.
 _SCALE: dict[Channel, float] = {Channel.ACC: 1.0 / 64.0, Channel.RR: 1000.0}
+
+#: Channels whose content :meth:`Recording.fingerprint` digests (what state models read).
+FINGERPRINT_CHANNELS = (Channel.EDA, Channel.PPG, Channel.RR)
 
 # Channel order used to break ties when interleaving batches (deterministic order).
 _ORDER = {c: i for i, c in enumerate(Channel)}
@@ -293,6 +298,47 @@ class Recording:
                                            seg.valence))
         labels.sort(key=lambda x: x.start_ns)
         return Recording(self.subject_id, self.path, channels, labels, self.device_id)
+
+    def fingerprint(self, *, block_s: int = 60) -> dict[str, list[str]]:
+        """Digests of the recording's content: per channel, one per block of the unix clock.
+
+        Each channel of :data:`FINGERPRINT_CHANNELS` is cut at multiples of ``block_s`` seconds
+        of unix time, and every block that holds at least two different values is digested
+        with its sample times (BLAKE2b, 48 bits, hex). Two recordings share a digest only when
+        they hold the same samples at the same times over a whole block: a copy, a renamed
+        folder, a gzipped copy or an excerpt of a recording shares digests with it, another
+        recording never does, whatever the folders are called. (Constant blocks, such as a
+        detached EDA sensor reading 0, are left out: two wearers could share one.) Data whose
+        times were moved (re-based to 0, say) no longer matches.
+
+        Example
+        -------
+        >>> rec = Recording("s1", Path("."), {Channel.EDA: ChannelSamples(
+        ...     np.arange(480) * 250_000_000, np.arange(480.0), 4.0)})
+        >>> {ch: len(d) for ch, d in rec.fingerprint().items()}
+        {'eda': 2}
+        """
+        if not (isinstance(block_s, int) and block_s > 0):
+            raise ValueError(f"block_s must be a positive whole number of seconds, got {block_s}")
+        out: dict[str, list[str]] = {}
+        for ch in FINGERPRINT_CHANNELS:
+            data = self.channels.get(ch)
+            if data is None or data.n_samples == 0:
+                continue
+            t = data.times_ns
+            cuts = np.flatnonzero(np.diff(t // (block_s * 10**9))) + 1
+            digests = []
+            for i0, i1 in zip([0, *cuts.tolist()], [*cuts.tolist(), t.size], strict=True):
+                values = data.values[i0:i1]
+                if np.ptp(values, axis=0).max() == 0:
+                    continue
+                h = hashlib.blake2b(digest_size=6)
+                h.update(t[i0:i1].astype("<i8").tobytes())
+                h.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
+                digests.append(h.hexdigest())
+            if digests:
+                out[ch.value] = digests
+        return out
 
     def iter_batches(self, *, chunk_s: float = 5.0) -> Iterator[SampleBatch]:
         """Yield the recording as time-ordered ``SampleBatch``es interleaved across channels.
