@@ -985,6 +985,175 @@ def export(
         store.close()
 
 
+def _subject_map(entries: list[str], folders: list[Path]) -> dict[str, str]:
+    """Folder name -> subject id from ``FOLDER=SUBJECT`` entries and ``folder,subject`` CSV
+    files; every folder must be mapped when any entry is given, and every id be valid."""
+    import csv
+    import re
+
+    from wearemo.samples import ID_PATTERN
+
+    mapping: dict[str, str] = {}
+    for entry in entries:
+        if "=" in entry:
+            name, _, subject = entry.partition("=")
+            pairs = [(name.strip(), subject.strip(), f"--subject-map {entry}")]
+        else:
+            path = Path(entry)
+            if not path.is_file():
+                raise _fail(f"--subject-map {entry}: neither FOLDER=SUBJECT nor a CSV file")
+            with path.open(newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.reader(f))
+            if rows and [c.strip().lower() for c in rows[0][:2]] == ["folder", "subject"]:
+                rows = rows[1:]
+            pairs = []
+            for k, row in enumerate(rows, start=2):
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) < 2:
+                    raise _fail(f"{path} row {k}: expected folder,subject, got {row!r}")
+                pairs.append((row[0].strip(), row[1].strip(), f"{path} row {k}"))
+        for name, subject, where in pairs:
+            if not re.match(ID_PATTERN, subject):
+                raise _fail(f"{where}: subject id {subject!r} is not a valid id (letters, "
+                            "digits, '._:-', at most 128)")
+            if mapping.get(name, subject) != subject:
+                raise _fail(f"{where}: folder {name} is mapped to both {mapping[name]!r} and "
+                            f"{subject!r}")
+            mapping[name] = subject
+    names = [f.name for f in folders]
+    if not mapping:
+        bad = [n for n in names if not re.match(ID_PATTERN, n)]
+        if bad:
+            raise _fail(f"folder names {bad} are not valid subject ids: pass --subject-map")
+        return {n: n for n in names}
+    unmapped = [n for n in names if n not in mapping]
+    if unmapped:
+        raise _fail(f"--subject-map does not map {len(unmapped)} folder(s): "
+                    f"{', '.join(unmapped[:10])}{' ...' if len(unmapped) > 10 else ''}")
+    for name in sorted(set(mapping) - set(names)):
+        _say("warning", "yellow", f"--subject-map names {name}, which is not a recording folder "
+             "here")
+    return {n: mapping[n] for n in names}
+
+
+@app.command("import")
+def import_(
+    recordings: Annotated[list[Path], typer.Argument(
+        help="Recording folders, or folders of them (E4 layout).")],
+    api: Annotated[str, typer.Option(help="Base URL of the wearemo API.")],
+    key: Annotated[str | None, typer.Option(
+        help="API key allowed to write the subjects (default: WEAREMO_API_KEY).")] = None,
+    subject_map: Annotated[list[str] | None, typer.Option(
+        help="FOLDER=SUBJECT, or a CSV file of folder,subject rows (repeat). Without it the "
+        "folder names are the subject ids; with it every folder must be mapped.")] = None,
+    state: Annotated[Path, typer.Option(
+        help="Progress file: a re-run skips what the server acknowledged.")]
+    = Path("wearemo-import.state.json"),
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Ignore the progress file and send every batch again (the server "
+        "stores only what it lacks).")] = False,
+    batches_per_request: Annotated[int, typer.Option(min=1, max=1000)] = 60,
+    device_id: Annotated[str, typer.Option(help="Device id on the batches.")] = "e4",
+    max_wait: Annotated[float, typer.Option(
+        help="Seconds one request may wait for a busy or unreachable server before the "
+        "import stops (re-run to resume).")] = 600.0,
+) -> None:
+    """Upload a trial's recording folders to a running server (resumable, idempotent).
+
+    Each folder goes to one subject as 10-s msgpack batches with ids derived from its files,
+    so re-running stores nothing twice. Exit code 0: every folder imported; 3: some folders
+    were refused by the server or unreadable (the others imported); 2: nothing could be done
+    or the import stopped (bad arguments, key refused, server unreachable; re-run to resume).
+    """
+    import re
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wearemo.datasets import find_recordings
+    from wearemo.importer import ImportAbortedError, Importer, ImportState
+    from wearemo.samples import ID_PATTERN
+
+    api_key = key or os.environ.get("WEAREMO_API_KEY")
+    if not api_key:
+        raise _fail("no API key: pass --key or set WEAREMO_API_KEY")
+    if not re.match(r"^https?://[^/\s]+", api):
+        raise _fail(f"--api {api!r}: expected a URL such as http://127.0.0.1:8000")
+    if not re.match(ID_PATTERN, device_id):
+        raise _fail(f"--device-id {device_id!r} is not a valid id")
+    folders: list[Path] = []
+    for root in recordings:
+        try:
+            folders += find_recordings(root)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+    names = [f.name for f in folders]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise _fail(f"folder name(s) {dup} appear under more than one root; import those roots "
+                    "separately (a folder name picks its subject)")
+    subjects = _subject_map(subject_map or [], folders)
+    try:
+        progress_file = ImportState(state)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    base = api.rstrip("/")
+    try:
+        httpx.get(f"{base}/healthz", timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach the API at {base}: {type(exc).__name__}: {exc}") from None
+
+    results: list[Any] = []
+    aborted: str | None = None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with httpx.Client(timeout=120.0) as client, \
+            Progress(*columns, console=console, transient=False) as bar:
+        overall = bar.add_task("folders", total=len(folders))
+        current = bar.add_task("batches", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(current, completed=done, total=total)
+
+        importer = Importer(base, api_key, state=progress_file, client=client,
+                            batches_per_request=batches_per_request, device_id=device_id,
+                            max_wait_s=max_wait, on_progress=advance)
+        for folder in folders:
+            bar.update(current, description=f"{folder.name} → {subjects[folder.name]}",
+                       completed=0, total=None)
+            try:
+                results.append(importer.import_folder(folder, subjects[folder.name],
+                                                      resume=not fresh))
+            except ImportAbortedError as exc:
+                aborted = str(exc)
+                break
+            bar.advance(overall)
+
+    table = Table("folder", "subject", "status", "batches", "resumed at", "stored",
+                  "duplicates", "samples", title="wearemo import")
+    for r in results:
+        colour = {"imported": "green", "already imported": "green"}.get(r.status, "red")
+        table.add_row(r.folder.name, r.subject, f"[{colour}]{r.status}[/{colour}]",
+                      f"{r.acked}/{r.batches}", str(r.resumed_at), str(r.stored),
+                      str(r.duplicates), str(r.samples))
+    console.print(table)
+    for r in results:
+        for w in r.warnings:
+            _say("warning", "yellow", w)
+        if r.status in ("refused", "unreadable"):
+            _say(r.status, "red", f"{r.folder}: {r.message}")
+    bad = [r for r in results if r.status in ("refused", "unreadable")]
+    done = len(results) - len(bad)
+    _say("summary", "red" if bad or aborted else "green",
+         f"{done} of {len(folders)} folders imported into {base}, {len(bad)} refused or "
+         f"unreadable; {sum(r.stored for r in results)} batches stored, "
+         f"{sum(r.duplicates for r in results)} already there; {importer.retries} requests "
+         f"waited for the server ({importer.waited_s:.0f} s); progress in {state}")
+    if aborted is not None:
+        raise _fail(f"import stopped: {aborted}")
+    raise typer.Exit(EXIT_SKIPPED if bad else 0)
+
+
 def main() -> None:
     """Entry point of ``python -m wearemo``."""
     app()

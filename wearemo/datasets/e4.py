@@ -340,11 +340,15 @@ class Recording:
                 out[ch.value] = digests
         return out
 
-    def iter_batches(self, *, chunk_s: float = 5.0) -> Iterator[SampleBatch]:
+    def iter_batches(
+        self, *, chunk_s: float = 5.0, id_prefix: str | None = None
+    ) -> Iterator[SampleBatch]:
         """Yield the recording as time-ordered ``SampleBatch``es interleaved across channels.
 
         Each channel is cut at multiples of ``chunk_s`` on the unix epoch; chunks are yielded in
         order of their first sample (ties in ``Channel`` order), as a live device would send them.
+        Batch ids are ``<id_prefix>:<channel>:<first sample index>`` (prefix: the subject id),
+        the same on every call.
 
         Example
         -------
@@ -370,14 +374,14 @@ class Recording:
                     pieces.append((int(t[j0]), _ORDER[ch], ch, j0, min(i1, j0 + MAX_BATCH_SAMPLES)))
         pieces.sort(key=lambda p: (p[0], p[1]))
         for _, _, ch, i0, i1 in pieces:
-            yield self._batch(ch, i0, i1)
+            yield self._batch(ch, i0, i1, id_prefix or self.subject_id)
 
-    def _batch(self, ch: Channel, i0: int, i1: int) -> SampleBatch:
+    def _batch(self, ch: Channel, i0: int, i1: int, prefix: str) -> SampleBatch:
         data = self.channels[ch]
         times = data.times_ns[i0:i1]
         values = data.values[i0:i1].tolist()
         common = {
-            "batch_id": f"{self.subject_id}:{ch.value}:{i0}",
+            "batch_id": f"{prefix}:{ch.value}:{i0}",
             "subject_id": self.subject_id,
             "device_id": self.device_id,
             "channel": ch,
