@@ -737,6 +737,9 @@ def process(
         frame = featurize_dirs(recordings, window_s=window, step_s=step, jobs=jobs,
                                on_progress=advance, on_issue=issues.append)
     code = _report_issues(issues, total)
+    if frame.empty:
+        _say("warning", "yellow", f"no window: every recording is shorter than one "
+             f"{window:g}-s window")
     _write_table(frame, out, fmt)
     console.print(f"{len(frame)} windows → {out}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
@@ -920,6 +923,9 @@ def predict(
     frame = predict_rows(recordings, model=model, extra=extra, jobs=jobs,
                          on_issue=issues.append)
     code = _report_issues(issues, total)
+    if frame.empty:
+        _say("warning", "yellow", "no window: every recording is shorter than one "
+             "window")
     _write_table(frame, out, fmt)
     console.print(f"{len(frame)} windows → {out}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
