@@ -1059,7 +1059,9 @@ def import_(
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Ignore the progress file and send every batch again (the server "
         "stores only what it lacks).")] = False,
-    batches_per_request: Annotated[int, typer.Option(min=1, max=1000)] = 60,
+    batches_per_request: Annotated[int, typer.Option(
+        min=1, max=1000, help="Batches per request (halved when the server answers that a "
+        "request is too large).")] = 60,
     device_id: Annotated[str, typer.Option(help="Device id on the batches.")] = "e4",
     max_wait: Annotated[float, typer.Option(
         help="Seconds one request may wait for a busy or unreachable server before the "
