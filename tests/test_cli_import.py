@@ -170,6 +170,12 @@ def test_refusals_are_reported_per_folder_and_the_rest_goes_in(tmp_path: Path) -
         assert result.exit_code == 2
         assert "import stopped: the server refused the API key (HTTP 401" in result.stderr
 
+        # a progress file that cannot be written is refused before anything is sent
+        nowhere = tmp_path / "no-such-dir" / "st.json"
+        result = runner.invoke(app, [*args[:7], str(nowhere), *args[8:]])
+        assert result.exit_code == 2 and "cannot write the progress file" in result.stderr
+        assert "summary" not in result.stderr
+
 
 def test_bad_arguments_are_refused_before_any_upload(tmp_path: Path,
                                                      trial: tuple[Path, Path]) -> None:

@@ -1110,6 +1110,10 @@ def import_(
         httpx.get(f"{base}/healthz", timeout=10.0)
     except httpx.HTTPError as exc:
         raise _fail(f"cannot reach the API at {base}: {type(exc).__name__}: {exc}") from None
+    try:  # a progress file that cannot be written is found now, not after the first upload
+        progress_file.save()
+    except OSError as exc:
+        raise _fail(f"cannot write the progress file {state}: {exc.strerror or exc}") from None
 
     results: list[Any] = []
     aborted: str | None = None
@@ -1134,6 +1138,9 @@ def import_(
                                                       resume=not fresh))
             except ImportAbortedError as exc:
                 aborted = str(exc)
+                break
+            except OSError as exc:  # the progress file (disk full, removed folder)
+                aborted = f"cannot write the progress file {state}: {exc.strerror or exc}"
                 break
             bar.advance(overall)
 

@@ -140,6 +140,10 @@ class ImportState:
         self._data["servers"].setdefault(api, {})[f"{subject}:{digest}"] = {
             "acked": acked, "total": total, "folder": str(folder or ""), "status": status,
             "message": message, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.save()
+
+    def save(self) -> None:
+        """Write the file (complete, then renamed over the old one); OSError if it cannot."""
         if self.path is None:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
