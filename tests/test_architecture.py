@@ -30,6 +30,7 @@ RANK = {
     "model": 5,
     "store": 6,
     "batch": 7,
+    "importer": 7,
     "pipeline": 7,
     "alerts": 7,
     "api": 8,

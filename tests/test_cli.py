@@ -76,14 +76,20 @@ def test_train_on_a_small_cohort_writes_an_honest_artifact(tmp_path: Path) -> No
     assert c["tn"] + c["fp"] + c["fn"] + c["tp"] == summary["pooled"]["n"]
     assert sum(b["n"] for b in summary["reliability"]) == summary["pooled"]["n"]
     md = rep.with_suffix(".md").read_text()
-    assert "Confusion matrix" in md and "| A1 |" in md and "loso-reliability.png" in md
-    assert (rep.parent / "loso-reliability.png").stat().st_size > 1000
-    # a fixed model on recordings (external validation): nothing is fitted
+    assert "Confusion matrix" in md and "| A1 |" in md and "loso-reliability.svg" in md
+    assert (rep.parent / "loso-reliability.svg").stat().st_size > 1000
+    # a fixed model on one of its own training recordings: nothing is fitted, and the scores
+    # are in-sample, not external validation
+    assert set(manifest["training_fingerprints"]["subjects"]) == {"A1", "A2", "A3"}
     ext = tmp_path / "eval" / "ext.json"
-    _wearemo("evaluate", str(cohort / "A1"), "--model", str(out), "--report", str(ext))
+    done = _wearemo("evaluate", str(cohort / "A1"), "--model", str(out), "--report", str(ext))
+    assert "WARNING" in done.stderr and "A1" in done.stderr
     ext_summary = json.loads(ext.read_text())
     assert ext_summary["protocol"].startswith(f"fixed model {manifest['version']}")
-    assert ext_summary["pooled"]["n"] > 50 and ext_summary["pooled"]["auroc"] is not None
+    assert ext_summary["training_overlap"]["seen"] == {"A1": "A1"}
+    assert ext_summary["external_validation"] is None
+    ins = ext_summary["in_sample"]
+    assert ins["pooled"]["n"] > 50 and ins["pooled"]["auroc"] is not None
 
 
 def test_evaluate_refuses_labels_that_cover_no_window(tmp_path: Path) -> None:
@@ -94,7 +100,8 @@ def test_evaluate_refuses_labels_that_cover_no_window(tmp_path: Path) -> None:
         [sys.executable, "-m", "wearemo", "evaluate", str(rec), "--report",
          str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    assert "cannot evaluate" in done.stdout and "no labelled window" in done.stdout
+    assert "cannot evaluate" in done.stderr and "no labelled window" in done.stderr
+    assert "Traceback" not in done.stderr
     assert not (tmp_path / "r.json").exists()
 
 

@@ -693,17 +693,93 @@ def _summarise(client: httpx.Client, report: dict[str, Any], src: str) -> dict[s
     return out
 
 
+#: Table formats of batch outputs, by the ``--out`` file's suffix.
+TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv"}
+
+#: Exit code of a batch command that skipped recordings it could not read; the others'
+#: outputs are written. 2 means nothing was done (bad arguments, no readable recording).
+EXIT_SKIPPED = 3
+
+
+def _say(kind: str, style: str, message: str) -> None:
+    """One line on stderr, never wrapped, never read as markup (messages quote file tokens)."""
+    from rich.text import Text
+
+    err_console.print(Text.assemble((f"{kind}: ", f"bold {style}"), message), soft_wrap=True,
+                      highlight=False)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Say ``message`` as a one-line error; ``raise _fail(...)`` exits with ``code``."""
+    _say("error", "red", " ".join(message.split()))
+    return typer.Exit(code)
+
+
+def _table_format(out: Path, option: str = "--out") -> str:
+    fmt = TABLE_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise _fail(f"{option} {out}: cannot tell the table format from "
+                    f"{out.suffix or 'a name without a suffix'!r}; name it "
+                    f"{' or '.join(TABLE_FORMATS)}")
+    return fmt
+
+
+def _write_table(frame: Any, out: Path, fmt: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")  # never a half-written file at out
+    if fmt == "csv":
+        frame.to_csv(tmp, index=False)
+    else:
+        frame.to_parquet(tmp, index=False)
+    tmp.replace(out)
+
+
+def _recording_count(recordings: Path) -> int:
+    """How many recording folders ``recordings`` holds; a one-line error if none."""
+    from wearemo.datasets import find_recordings
+
+    try:
+        return len(find_recordings(recordings))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _report_issues(issues: list[Any], total: int) -> int:
+    """Print warnings and skipped recordings, one line each, then the summary; returns the
+    exit code (0, or :data:`EXIT_SKIPPED`); exits 2 when no recording could be read."""
+    for issue in issues:
+        if issue.skipped:
+            _say("skipped", "red", issue.message)
+        else:
+            _say("warning", "yellow", issue.message)
+    skipped = [i.folder.name for i in issues if i.skipped]
+    if not skipped:
+        return 0
+    if len(skipped) >= total:
+        raise _fail(f"none of the {total} recordings could be read; nothing written")
+    _say("summary", "red", f"{len(skipped)} of {total} recordings skipped ({', '.join(skipped)}); "
+         f"the other {total - len(skipped)} were processed; exit code {EXIT_SKIPPED}")
+    return EXIT_SKIPPED
+
+
 @app.command()
 def process(
     recordings: Annotated[Path, typer.Argument(help="Recording folder or folder of them.")],
-    out: Annotated[Path, typer.Option(help="Output .parquet or .csv.")],
+    out: Annotated[Path, typer.Option(help="Output table: .parquet or .csv.")],
     window: Annotated[float, typer.Option(help="Window length, s.")] = 60.0,
     step: Annotated[float, typer.Option(help="Window step, s.")] = 5.0,
     jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
 ) -> None:
-    """Featurise recordings (the same incremental code as live streaming) into a table."""
+    """Featurise recordings (the same incremental code as live streaming) into a table.
+
+    A recording that cannot be read is skipped and named; the others are written and the exit
+    code is 3. No recording, or none readable: exit code 2, nothing written.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    fmt = _table_format(out)
+    total = _recording_count(recordings)
+    issues: list[Any] = []
     with Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
                   console=console, transient=False) as bar:
@@ -715,13 +791,14 @@ def process(
             bar.update(tasks[name], completed=fraction)
 
         frame = featurize_dirs(recordings, window_s=window, step_s=step, jobs=jobs,
-                               on_progress=advance)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".csv":
-        frame.to_csv(out, index=False)
-    else:
-        frame.to_parquet(out, index=False)
-    console.print(f"{len(frame)} windows → {out}")
+                               on_progress=advance, on_issue=issues.append)
+    code = _report_issues(issues, total)
+    if frame.empty:
+        _say("warning", "yellow", f"no window: every recording is shorter than one "
+             f"{window:g}-s window")
+    _write_table(frame, out, fmt)
+    console.print(f"{len(frame)} windows → {out}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
 
 
 Target = Annotated[str, typer.Option(
@@ -745,14 +822,19 @@ def _loso_with_progress(data: list[Any], *, target: str, seed: int, jobs: int,
                              on_fold=lambda _s: bar.advance(task))
 
 
-def _data(recordings: Path, features: Path | None, jobs: int) -> tuple[list[Any], str]:
-    if not recordings.exists():
-        console.print(f"[red]no such folder:[/red] {recordings}")
-        raise typer.Exit(2)
+def _data(recordings: Path, features: Path | None, jobs: int
+          ) -> tuple[list[Any], str, list[Any]]:
+    """Labelled windows of the readable recordings, the data hash, and the skipped ones."""
+    if features is not None and features.suffix.lower() != ".parquet":
+        raise _fail(f"--features {features}: the feature cache is a .parquet file")
+    total = _recording_count(recordings)
+    issues: list[Any] = []
     with console.status("featurising"):
-        data, data_hash = labelled_windows(recordings, cache=features, jobs=jobs)
+        data, data_hash = labelled_windows(recordings, cache=features, jobs=jobs,
+                                           on_issue=issues.append)
+    _report_issues(issues, total)
     console.print(f"{len(data)} subjects, {sum(len(d.windows) for d in data)} windows")
-    return data, data_hash
+    return data, data_hash, [i for i in issues if i.skipped]
 
 
 @app.command()
@@ -771,7 +853,7 @@ def train(
     from wearemo.model.card import model_card
     from wearemo.model.train import fit_model
 
-    data, data_hash = _data(recordings, features, jobs)
+    data, data_hash, skipped = _data(recordings, features, jobs)
     try:
         report = _loso_with_progress(data, target=target, seed=seed, jobs=jobs,
                                      valence_midpoint=valence_midpoint)
@@ -780,14 +862,22 @@ def train(
         with console.status("fitting the model on every subject"):
             model = fit_model(data, target=target, seed=seed, valence_midpoint=valence_midpoint)
     except ValueError as exc:
-        console.print(f"[red]cannot train:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(f"cannot train: {exc}") from None
     model.manifest.update({"data_hash": data_hash, "data": str(recordings), "loso": loso,
                            "withheld_windows": report.withheld})
+    if skipped:  # said in the artifact too: the model was trained without them
+        model.manifest["skipped_recordings"] = {i.folder.name: i.message for i in skipped}
+    # Content fingerprints of the training recordings: `evaluate` recognises them later
+    # whatever their folders are called (and tells another dataset's "S02" from this one's).
+    from wearemo.batch import manifest_fingerprints, recording_fingerprints
+
+    model.manifest["training_fingerprints"] = manifest_fingerprints(recording_fingerprints(
+        recordings, subjects=model.manifest["training_subjects"]))
     model.save(out, card=None)
     (out / "MODEL_CARD.md").write_text(model_card(model.manifest))
     (out / "loso_predictions.json").write_text(json.dumps(report.predictions) + "\n")
-    console.print(f"model {model.version} → {out}")
+    console.print(f"model {model.version} → {out}", soft_wrap=True, highlight=False)
+    raise typer.Exit(EXIT_SKIPPED if skipped else 0)
 
 
 @app.command()
@@ -806,48 +896,95 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Random seed (with --loso).")] = 0,
     valence_midpoint: Midpoint = 5.0,
 ) -> None:
-    """Score a model on labelled recordings: LOSO (--loso) or a fixed model (external).
+    """Score a model on labelled recordings: LOSO (--loso) or a fixed model.
 
-    With --loso, --target says what to learn; a fixed model evaluates its own target.
+    With --loso, --target says what to learn; a fixed model evaluates its own target. A fixed
+    model's recordings that are in its training data (recognised by content, whatever their
+    folders are called) are reported apart as in-sample, with a warning; only the others are
+    external validation.
     """
+    from wearemo.batch import recording_fingerprints, training_overlap
     from wearemo.model import ModelVersionError, load_model
     from wearemo.model.report import write_report
-    from wearemo.model.train import external_evaluate
+    from wearemo.model.train import evaluate_fixed
 
-    data, data_hash = _data(recordings, features, jobs)
+    if report.suffix.lower() != ".json":
+        raise _fail(f"--report {report}: the report is a .json file (the Markdown report and "
+                    "its figures are written beside it)")
     try:
-        if loso:
-            result = _loso_with_progress(data, target=target, seed=seed, jobs=jobs,
-                                         valence_midpoint=valence_midpoint)
-        else:
-            with console.status(f"scoring model {model}"):
-                result = external_evaluate(data, load_model(model),
-                                           valence_midpoint=valence_midpoint)
+        fixed = None if loso else load_model(model)
     except (ValueError, FileNotFoundError, ModelVersionError) as exc:
-        console.print(f"[red]cannot evaluate:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(f"cannot evaluate: {exc}") from None
+    data, data_hash, skipped = _data(recordings, features, jobs)
+    try:
+        if fixed is None:
+            result: Any = _loso_with_progress(data, target=target, seed=seed, jobs=jobs,
+                                              valence_midpoint=valence_midpoint)
+        else:
+            # Which recordings the model was trained on, by their content (not folder names).
+            seen, method = training_overlap(
+                recording_fingerprints(recordings, subjects=[d.subject_id for d in data]),
+                fixed.manifest)
+            if seen:
+                pairs = ", ".join(f"{s} (= training subject {t})" if s != t else s
+                                  for s, t in sorted(seen.items()))
+                _say("WARNING", "red", f"{len(seen)} of {len(data)} recordings are in the "
+                     f"training data of model {fixed.version}: {pairs}. Their scores are "
+                     "in-sample, NOT validation; the report gives them apart (in_sample) "
+                     "from the external validation on the others.")
+            with console.status(f"scoring model {model}"):
+                result = evaluate_fixed(data, fixed, seen=seen, method=method,
+                                        valence_midpoint=valence_midpoint)
+    except ValueError as exc:
+        raise _fail(f"cannot evaluate: {exc}") from None
     summary = result.summary() | {"data": str(recordings), "data_hash": data_hash,
                                   "model": "loso (pre-registered)" if loso else model}
+    if skipped:
+        summary["skipped_recordings"] = {i.folder.name: i.message for i in skipped}
     md = write_report(summary, report)
-    console.print_json(data=summary["pooled"])
-    console.print(f"report → {report}, {md}")
+    for part in ("pooled", "external_validation", "in_sample"):
+        if summary.get(part):
+            scores = summary[part] if part == "pooled" else summary[part]["pooled"]
+            console.print(f"{part.replace('_', ' ')}:" if part != "pooled" else "pooled:")
+            console.print_json(data=scores)
+    console.print(f"report → {report}, {md}", soft_wrap=True, highlight=False)
+    raise typer.Exit(EXIT_SKIPPED if skipped else 0)
 
 
 @app.command()
 def predict(
     recordings: Annotated[Path, typer.Argument(help="Recording folder or folder of them.")],
-    out: Annotated[Path, typer.Option(help="CSV to write (one row per window).")],
+    out: Annotated[Path, typer.Option(help="Table to write, one row per window: .csv or "
+                                      ".parquet.")],
     model: Annotated[str, typer.Option(help="'default' or an artifact folder.")] = "default",
     affect_model: Annotated[str | None, typer.Option(help="An affect model to add.")] = None,
     valence_model: Annotated[str | None, typer.Option(help="A valence model to add.")] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
 ) -> None:
-    """Run the streaming estimator over recordings; one row per window with its state."""
+    """Run the streaming estimator over recordings; one row per window with its state.
+
+    Unreadable recordings are skipped as in ``process`` (exit code 3).
+    """
+    from wearemo.model import ModelVersionError, load_model
+
+    fmt = _table_format(out)
+    total = _recording_count(recordings)
     extra = [m for m in (affect_model, valence_model) if m]
-    frame = predict_rows(recordings, model=model, extra=extra, jobs=jobs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
-    console.print(f"{len(frame)} windows → {out}")
+    try:  # a wrong model is one error, not one "skipped" line per recording
+        main = load_model(model)
+        main.for_subject("check", extra=[load_model(m) for m in extra])
+    except (ValueError, FileNotFoundError, ModelVersionError) as exc:
+        raise _fail(f"cannot predict: {exc}") from None
+    issues: list[Any] = []
+    frame = predict_rows(recordings, model=model, extra=extra, jobs=jobs,
+                         on_issue=issues.append)
+    code = _report_issues(issues, total)
+    if frame.empty:
+        _say("warning", "yellow", "no window: every recording is shorter than one "
+             "window")
+    _write_table(frame, out, fmt)
+    console.print(f"{len(frame)} windows → {out}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -909,6 +1046,184 @@ def export(
             console.print(f"{k}: {len(subjects)} subjects → {path}")
     finally:
         store.close()
+
+
+def _subject_map(entries: list[str], folders: list[Path]) -> dict[str, str]:
+    """Folder name -> subject id from ``FOLDER=SUBJECT`` entries and ``folder,subject`` CSV
+    files; every folder must be mapped when any entry is given, and every id be valid."""
+    import csv
+    import re
+
+    from wearemo.samples import ID_PATTERN
+
+    mapping: dict[str, str] = {}
+    for entry in entries:
+        if "=" in entry:
+            name, _, subject = entry.partition("=")
+            pairs = [(name.strip(), subject.strip(), f"--subject-map {entry}")]
+        else:
+            path = Path(entry)
+            if not path.is_file():
+                raise _fail(f"--subject-map {entry}: neither FOLDER=SUBJECT nor a CSV file")
+            with path.open(newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.reader(f))
+            if rows and [c.strip().lower() for c in rows[0][:2]] == ["folder", "subject"]:
+                rows = rows[1:]
+            pairs = []
+            for k, row in enumerate(rows, start=2):
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) < 2:
+                    raise _fail(f"{path} row {k}: expected folder,subject, got {row!r}")
+                pairs.append((row[0].strip(), row[1].strip(), f"{path} row {k}"))
+        for name, subject, where in pairs:
+            if not re.match(ID_PATTERN, subject):
+                raise _fail(f"{where}: subject id {subject!r} is not a valid id (letters, "
+                            "digits, '._:-', at most 128)")
+            if mapping.get(name, subject) != subject:
+                raise _fail(f"{where}: folder {name} is mapped to both {mapping[name]!r} and "
+                            f"{subject!r}")
+            mapping[name] = subject
+    names = [f.name for f in folders]
+    if not mapping:
+        bad = [n for n in names if not re.match(ID_PATTERN, n)]
+        if bad:
+            raise _fail(f"folder names {bad} are not valid subject ids: pass --subject-map")
+        return {n: n for n in names}
+    unmapped = [n for n in names if n not in mapping]
+    if unmapped:
+        raise _fail(f"--subject-map does not map {len(unmapped)} folder(s): "
+                    f"{', '.join(unmapped[:10])}{' ...' if len(unmapped) > 10 else ''}")
+    for name in sorted(set(mapping) - set(names)):
+        _say("warning", "yellow", f"--subject-map names {name}, which is not a recording folder "
+             "here")
+    return {n: mapping[n] for n in names}
+
+
+@app.command("import")
+def import_(
+    recordings: Annotated[list[Path], typer.Argument(
+        help="Recording folders, or folders of them (E4 layout).")],
+    api: Annotated[str, typer.Option(help="Base URL of the wearemo API.")],
+    key: Annotated[str | None, typer.Option(
+        help="API key allowed to write the subjects (default: WEAREMO_API_KEY).")] = None,
+    subject_map: Annotated[list[str] | None, typer.Option(
+        help="FOLDER=SUBJECT, or a CSV file of folder,subject rows (repeat). Without it the "
+        "folder names are the subject ids; with it every folder must be mapped.")] = None,
+    state: Annotated[Path, typer.Option(
+        help="Progress file: a re-run skips what the server acknowledged.")]
+    = Path("wearemo-import.state.json"),
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Ignore the progress file and send every batch again (the server "
+        "stores only what it lacks).")] = False,
+    batches_per_request: Annotated[int, typer.Option(
+        min=1, max=1000, help="Batches per request (halved when the server answers that a "
+        "request is too large).")] = 60,
+    device_id: Annotated[str, typer.Option(help="Device id on the batches.")] = "e4",
+    max_wait: Annotated[float, typer.Option(
+        help="Seconds one request may wait for a busy or unreachable server before the "
+        "import stops (re-run to resume).")] = 600.0,
+) -> None:
+    """Upload a trial's recording folders to a running server (resumable, idempotent).
+
+    Each folder goes to one subject as 10-s msgpack batches with ids derived from its files,
+    so re-running stores nothing twice. Exit code 0: every folder imported; 3: some folders
+    were refused by the server or unreadable (the others imported); 2: nothing could be done
+    or the import stopped (bad arguments, key refused, server unreachable; re-run to resume).
+    """
+    import re
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wearemo.datasets import find_recordings
+    from wearemo.importer import ImportAbortedError, Importer, ImportState
+    from wearemo.samples import ID_PATTERN
+
+    api_key = key or os.environ.get("WEAREMO_API_KEY")
+    if not api_key:
+        raise _fail("no API key: pass --key or set WEAREMO_API_KEY")
+    if not re.match(r"^https?://[^/\s]+", api):
+        raise _fail(f"--api {api!r}: expected a URL such as http://127.0.0.1:8000")
+    if not re.match(ID_PATTERN, device_id):
+        raise _fail(f"--device-id {device_id!r} is not a valid id")
+    folders: list[Path] = []
+    for root in recordings:
+        try:
+            folders += find_recordings(root)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+    names = [f.name for f in folders]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise _fail(f"folder name(s) {dup} appear under more than one root; import those roots "
+                    "separately (a folder name picks its subject)")
+    subjects = _subject_map(subject_map or [], folders)
+    try:
+        progress_file = ImportState(state)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    base = api.rstrip("/")
+    try:
+        httpx.get(f"{base}/healthz", timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach the API at {base}: {type(exc).__name__}: {exc}") from None
+    try:  # a progress file that cannot be written is found now, not after the first upload
+        progress_file.save()
+    except OSError as exc:
+        raise _fail(f"cannot write the progress file {state}: {exc.strerror or exc}") from None
+
+    results: list[Any] = []
+    aborted: str | None = None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with httpx.Client(timeout=120.0) as client, \
+            Progress(*columns, console=console, transient=False) as bar:
+        overall = bar.add_task("folders", total=len(folders))
+        current = bar.add_task("batches", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(current, completed=done, total=total)
+
+        importer = Importer(base, api_key, state=progress_file, client=client,
+                            batches_per_request=batches_per_request, device_id=device_id,
+                            max_wait_s=max_wait, on_progress=advance)
+        for folder in folders:
+            bar.update(current, description=f"{folder.name} → {subjects[folder.name]}",
+                       completed=0, total=None)
+            try:
+                results.append(importer.import_folder(folder, subjects[folder.name],
+                                                      resume=not fresh))
+            except ImportAbortedError as exc:
+                aborted = str(exc)
+                break
+            except OSError as exc:  # the progress file (disk full, removed folder)
+                aborted = f"cannot write the progress file {state}: {exc.strerror or exc}"
+                break
+            bar.advance(overall)
+
+    table = Table("folder", "subject", "status", "batches", "resumed at", "stored",
+                  "duplicates", "samples", title="wearemo import")
+    for r in results:
+        colour = {"imported": "green", "already imported": "green"}.get(r.status, "red")
+        table.add_row(r.folder.name, r.subject, f"[{colour}]{r.status}[/{colour}]",
+                      f"{r.acked}/{r.batches}", str(r.resumed_at), str(r.stored),
+                      str(r.duplicates), str(r.samples))
+    console.print(table)
+    for r in results:
+        for w in r.warnings:
+            _say("warning", "yellow", w)
+        if r.status in ("refused", "unreadable"):
+            _say(r.status, "red", f"{r.folder}: {r.message}")
+    bad = [r for r in results if r.status in ("refused", "unreadable")]
+    done = len(results) - len(bad)
+    _say("summary", "red" if bad or aborted else "green",
+         f"{done} of {len(folders)} folders imported into {base}, {len(bad)} refused or "
+         f"unreadable; {sum(r.stored for r in results)} batches stored, "
+         f"{sum(r.duplicates for r in results)} already there; {importer.retries} requests "
+         f"waited for the server ({importer.waited_s:.0f} s); progress in {state}")
+    if aborted is not None:
+        raise _fail(f"import stopped: {aborted}")
+    raise typer.Exit(EXIT_SKIPPED if bad else 0)
 
 
 def main() -> None:

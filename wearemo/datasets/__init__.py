@@ -2,6 +2,7 @@
 
 from wearemo.datasets.e4 import (
     E4_FILES,
+    FINGERPRINT_CHANNELS,
     LabelSegment,
     Recording,
     find_recordings,
@@ -10,6 +11,7 @@ from wearemo.datasets.e4 import (
 
 __all__ = [
     "E4_FILES",
+    "FINGERPRINT_CHANNELS",
     "LabelSegment",
     "Recording",
     "find_recordings",

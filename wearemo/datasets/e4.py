@@ -20,10 +20,12 @@ Example
 
 from __future__ import annotations
 
-import gzip
+import hashlib
+import io
 import math
 import operator
 import re
+import zlib
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -43,6 +45,7 @@ from wearemo.samples import (
 
 __all__ = [
     "E4_FILES",
+    "FINGERPRINT_CHANNELS",
     "LabelSegment",
     "Recording",
     "find_recordings",
@@ -62,6 +65,9 @@ E4_FILES: dict[Channel, str] = {
 
 #: Multiplier from the file's unit to the channel's canonical unit.
 _SCALE: dict[Channel, float] = {Channel.ACC: 1.0 / 64.0, Channel.RR: 1000.0}
+
+#: Channels whose content :meth:`Recording.fingerprint` digests (what state models read).
+FINGERPRINT_CHANNELS = (Channel.EDA, Channel.PPG, Channel.RR)
 
 # Channel order used to break ties when interleaving batches (deterministic order).
 _ORDER = {c: i for i, c in enumerate(Channel)}
@@ -103,6 +109,9 @@ class Recording:
         Label segments sorted by start (empty when there is no ``labels.csv``).
     device_id
         Device id put on generated batches.
+    warnings
+        What the loader noticed but could read past, one line each naming the file and row
+        (e.g. a file cut mid-line whose last, partial row was dropped).
     """
 
     subject_id: str
@@ -110,6 +119,7 @@ class Recording:
     channels: dict[Channel, ChannelSamples]
     labels: list[LabelSegment] = field(default_factory=list)
     device_id: str = "e4"
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def start_ns(self) -> int:
@@ -289,11 +299,56 @@ class Recording:
         labels.sort(key=lambda x: x.start_ns)
         return Recording(self.subject_id, self.path, channels, labels, self.device_id)
 
-    def iter_batches(self, *, chunk_s: float = 5.0) -> Iterator[SampleBatch]:
+    def fingerprint(self, *, block_s: int = 60) -> dict[str, list[str]]:
+        """Digests of the recording's content: per channel, one per block of the unix clock.
+
+        Each channel of :data:`FINGERPRINT_CHANNELS` is cut at multiples of ``block_s`` seconds
+        of unix time, and every block that holds at least two different values is digested
+        with its sample times (BLAKE2b, 48 bits, hex). Two recordings share a digest only when
+        they hold the same samples at the same times over a whole block: a copy, a renamed
+        folder, a gzipped copy or an excerpt of a recording shares digests with it, another
+        recording never does, whatever the folders are called. (Constant blocks, such as a
+        detached EDA sensor reading 0, are left out: two wearers could share one.) Data whose
+        times were moved (re-based to 0, say) no longer matches.
+
+        Example
+        -------
+        >>> rec = Recording("s1", Path("."), {Channel.EDA: ChannelSamples(
+        ...     np.arange(480) * 250_000_000, np.arange(480.0), 4.0)})
+        >>> {ch: len(d) for ch, d in rec.fingerprint().items()}
+        {'eda': 2}
+        """
+        if not (isinstance(block_s, int) and block_s > 0):
+            raise ValueError(f"block_s must be a positive whole number of seconds, got {block_s}")
+        out: dict[str, list[str]] = {}
+        for ch in FINGERPRINT_CHANNELS:
+            data = self.channels.get(ch)
+            if data is None or data.n_samples == 0:
+                continue
+            t = data.times_ns
+            cuts = np.flatnonzero(np.diff(t // (block_s * 10**9))) + 1
+            digests = []
+            for i0, i1 in zip([0, *cuts.tolist()], [*cuts.tolist(), t.size], strict=True):
+                values = data.values[i0:i1]
+                if np.ptp(values, axis=0).max() == 0:
+                    continue
+                h = hashlib.blake2b(digest_size=6)
+                h.update(t[i0:i1].astype("<i8").tobytes())
+                h.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
+                digests.append(h.hexdigest())
+            if digests:
+                out[ch.value] = digests
+        return out
+
+    def iter_batches(
+        self, *, chunk_s: float = 5.0, id_prefix: str | None = None
+    ) -> Iterator[SampleBatch]:
         """Yield the recording as time-ordered ``SampleBatch``es interleaved across channels.
 
         Each channel is cut at multiples of ``chunk_s`` on the unix epoch; chunks are yielded in
         order of their first sample (ties in ``Channel`` order), as a live device would send them.
+        Batch ids are ``<id_prefix>:<channel>:<first sample index>`` (prefix: the subject id),
+        the same on every call.
 
         Example
         -------
@@ -319,14 +374,14 @@ class Recording:
                     pieces.append((int(t[j0]), _ORDER[ch], ch, j0, min(i1, j0 + MAX_BATCH_SAMPLES)))
         pieces.sort(key=lambda p: (p[0], p[1]))
         for _, _, ch, i0, i1 in pieces:
-            yield self._batch(ch, i0, i1)
+            yield self._batch(ch, i0, i1, id_prefix or self.subject_id)
 
-    def _batch(self, ch: Channel, i0: int, i1: int) -> SampleBatch:
+    def _batch(self, ch: Channel, i0: int, i1: int, prefix: str) -> SampleBatch:
         data = self.channels[ch]
         times = data.times_ns[i0:i1]
         values = data.values[i0:i1].tolist()
         common = {
-            "batch_id": f"{self.subject_id}:{ch.value}:{i0}",
+            "batch_id": f"{prefix}:{ch.value}:{i0}",
             "subject_id": self.subject_id,
             "device_id": self.device_id,
             "channel": ch,
@@ -443,51 +498,160 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_table(path: Path, *, skiprows: int, ncols: int) -> np.ndarray:
-    """Read ``ncols`` numeric columns after ``skiprows`` rows; errors name the file and row."""
+def _read_text(path: Path, notes: list[str]) -> str:
+    """The whole file as text; errors name the file.
+
+    A gzip stream that ends early (a copy that stopped) yields the text it holds, with a note:
+    its last line is then cut, which the table readers detect.
+    """
     try:
-        df = pd.read_csv(
-            path, header=None, skiprows=skiprows, engine="c", skipinitialspace=True,
-            skip_blank_lines=False,
-        )
-    except pd.errors.EmptyDataError:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if path.name.endswith(".gz"):
+        raw = _gunzip(path, raw, notes)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file (byte {exc.start} is not UTF-8); expected "
+                         "comma-separated numbers") from None
+
+
+def _gunzip(path: Path, raw: bytes, notes: list[str]) -> bytes:
+    out: list[bytes] = []
+    while raw.strip(b"\x00"):  # concatenated gzip members are one valid file; zero padding ends it
+        d = zlib.decompressobj(wbits=31)
+        try:
+            out.append(d.decompress(raw))
+        except zlib.error as exc:
+            raise ValueError(f"{path}: not a readable gzip file ({exc})") from None
+        if not d.eof:
+            if not any(out):
+                raise ValueError(f"{path}: not a readable gzip file (no data before it ends)")
+            notes.append(f"{path}: compressed data ends early (file cut short?); reading the "
+                         f"{sum(map(len, out))} bytes it holds")
+            break
+        raw = d.unused_data
+    return b"".join(out)
+
+
+@dataclass(slots=True)
+class _Lines:
+    """A CSV file split into header rows, whole data lines and a last line without a line end."""
+
+    head: list[list[str]]  # fields of the header rows
+    body: str  # the data lines after the header, each ending in a line end
+    body_row: int  # 1-based file row of the body's first line
+    tail: str | None  # a last line with no line end (a file cut mid-line?), if any
+    tail_row: int
+
+
+def _lines(path: Path, text: str, skiprows: int) -> _Lines:
+    # Blank lines at the very end are not rows (editors add them); anywhere else they are.
+    stripped = text.rstrip(" \t\r\n")
+    ended = "\n" in text[len(stripped):]
+    head: list[list[str]] = []
+    pos = 0
+    while len(head) < skiprows and pos < len(stripped):
+        nl = stripped.find("\n", pos)
+        nl = len(stripped) if nl < 0 else nl
+        head.append([x.strip() for x in stripped[pos:nl].strip().split(",")])
+        pos = nl + 1
+    rest = stripped[pos:] if pos < len(stripped) else ""
+    if not rest:
+        return _Lines(head, "", skiprows + 1, None, 0)
+    if ended:
+        return _Lines(head, rest + "\n", skiprows + 1, None, 0)
+    cut = rest.rfind("\n") + 1
+    body, tail = rest[:cut], rest[cut:]
+    return _Lines(head, body, skiprows + 1, tail, skiprows + 1 + body.count("\n"))
+
+
+class _RowError(ValueError):
+    """One row that is not ``ncols`` finite numbers (``column`` 1-based, None: the whole row)."""
+
+    def __init__(self, reason: str, column: int | None = None, line: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.column, self.line = reason, column, line
+
+    def at(self, path: Path, row: int, ncols: int) -> str:
+        col = f", column {self.column}" if self.column is not None and ncols > 1 else ""
+        quoted = f": {self.line!r}" if self.line is not None else ""
+        return f"{path} row {row}{col}: {self.reason}{quoted}"
+
+
+def _parse_row(line: str, ncols: int) -> list[float]:
+    fields = [f.strip().strip('"') for f in line.rstrip("\r").split(",")]
+    if fields == [""]:
+        raise _RowError("empty line")
+    if len(fields) != ncols:
+        raise _RowError(f"{len(fields)} fields, expected {ncols}", line=line.strip())
+    out = []
+    for c, token in enumerate(fields, start=1):
+        if not token:
+            raise _RowError("empty field", c)
+        try:
+            value = float(token)
+        except ValueError:
+            raise _RowError(f"{token!r} is not a number", c) from None
+        if not math.isfinite(value):
+            raise _RowError(f"{token!r} is not a finite number", c)
+        out.append(value)
+    return out
+
+
+def _parse_rows(path: Path, body: str, first_row: int, ncols: int) -> np.ndarray:
+    """``ncols`` finite numbers per line; the first bad line raises, quoting its token."""
+    if not body:
         return np.empty((0, ncols))
-    except pd.errors.ParserError as exc:
-        # pandas counts lines after the skipped header rows; say which file it is.
-        raise ValueError(f"{path.name}: malformed CSV ({exc})") from None
-    if df.shape[1] != ncols:
-        raise ValueError(f"{path.name}: expected {ncols} column(s) per row, found {df.shape[1]}")
-    numeric = df.apply(pd.to_numeric, errors="coerce")
-    arr = numeric.to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(arr).all(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raw = ",".join("" if pd.isna(x) else str(x) for x in df.iloc[i].tolist())
-        raise ValueError(
-            f"{path.name} row {i + skiprows + 1}: not {ncols} finite number(s): {raw!r}"
-        )
+    try:  # fast path: pandas' C parser; anything unusual is read again line by line below
+        # round_trip: every number exactly as Python's float() reads it (the default parser
+        # is 1 ulp off on some 17-digit numbers), so uploads and copies compare equal.
+        df = pd.read_csv(io.StringIO(body), header=None, dtype=np.float64, engine="c",
+                         skipinitialspace=True, skip_blank_lines=False, na_filter=False,
+                         float_precision="round_trip")
+        arr = df.to_numpy(dtype=np.float64)
+        if arr.shape[1] == ncols and np.isfinite(arr).all():
+            return arr
+    except ValueError:  # pandas' ParserError and conversion errors are ValueErrors
+        pass
+    rows = []
+    for k, line in enumerate(body.split("\n")[:-1]):
+        try:
+            rows.append(_parse_row(line, ncols))
+        except _RowError as exc:
+            raise ValueError(exc.at(path, first_row + k, ncols)) from None
+    return np.asarray(rows, dtype=np.float64).reshape(-1, ncols)
+
+
+def _read_table(path: Path, lines: _Lines, ncols: int, notes: list[str]) -> np.ndarray:
+    """The data rows as an ``(n, ncols)`` array; errors name the file, row and token.
+
+    A last line without a line end is what a file cut mid-line looks like (recorders end every
+    line): it is dropped with a note, even when it parses, since ``0.3`` may be the start of
+    ``0.3125``; the whole rows before it are kept.
+    """
+    arr = _parse_rows(path, lines.body, lines.body_row, ncols)
+    if lines.tail is None:
+        return arr
+    try:
+        _parse_row(lines.tail, ncols)
+        why = "it may hold a number cut short"
+    except _RowError as exc:
+        why = exc.reason if exc.column is None else f"column {exc.column}: {exc.reason}"
+    notes.append(f"{path} row {lines.tail_row}: the last line has no line end (file cut "
+                 f"mid-line?); dropped {lines.tail!r} ({why}), kept the {len(arr)} whole rows "
+                 "before it")
     return arr
-
-
-def _header(path: Path, nrows: int) -> list[list[str]]:
-    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz"
-          else path.open(encoding="utf-8")) as fh:
-        rows = []
-        for _ in range(nrows):
-            line = fh.readline()
-            if not line:
-                break
-            rows.append([x.strip() for x in line.strip().split(",")])
-    return rows
 
 
 def _number(path: Path, row: int, text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{path.name} row {row}: {what} is not a number: {text!r}") from None
+        raise ValueError(f"{path} row {row}: {what} is not a number: {text!r}") from None
     if not math.isfinite(value):
-        raise ValueError(f"{path.name} row {row}: {what} is not finite: {text!r}")
+        raise ValueError(f"{path} row {row}: {what} is not finite: {text!r}")
     return value
 
 
@@ -496,73 +660,97 @@ def _start_ns(seconds: float) -> int:
     return round(seconds * 1e6) * 1000
 
 
-def _read_regular(path: Path, ch: Channel) -> ChannelSamples:
+def _read_regular(path: Path, ch: Channel, notes: list[str]) -> ChannelSamples:
     ncols = CHANNEL_AXES[ch]
-    head = _header(path, 2)
+    lines = _lines(path, _read_text(path, notes), 2)
+    head = lines.head
     if len(head) < 2:
-        raise ValueError(f"{path.name}: needs a start-time row and a sampling-rate row")
+        raise ValueError(f"{path}: needs a start-time row and a sampling-rate row")
     start = _number(path, 1, head[0][0], "start time (unix s)")
     rate = _number(path, 2, head[1][0], "sampling rate (Hz)")
     if start < 0:
-        raise ValueError(f"{path.name} row 1: start time must be >= 0, got {start}")
+        raise ValueError(f"{path} row 1: start time must be >= 0, got {start}")
     if not 0 < rate <= 10_000:
-        raise ValueError(f"{path.name} row 2: sampling rate must be in (0, 10000] Hz, got {rate}")
-    arr = _read_table(path, skiprows=2, ncols=ncols) * _SCALE.get(ch, 1.0)
+        raise ValueError(f"{path} row 2: sampling rate must be in (0, 10000] Hz, got {rate}")
+    arr = _read_table(path, lines, ncols, notes) * _SCALE.get(ch, 1.0)
     values = arr if ncols == 3 else arr[:, 0]
     offsets = np.round(np.arange(values.shape[0]) * (1e9 / rate)).astype(np.int64)
     return ChannelSamples(_start_ns(start) + offsets, np.ascontiguousarray(values), rate)
 
 
-def _read_ibi(path: Path) -> ChannelSamples:
-    head = _header(path, 1)
-    if not head:
-        raise ValueError(f"{path.name}: empty file (needs a 'start, IBI' row)")
-    start = _number(path, 1, head[0][0], "start time (unix s)")
-    arr = _read_table(path, skiprows=1, ncols=2)
+def _read_ibi(path: Path, notes: list[str]) -> ChannelSamples:
+    lines = _lines(path, _read_text(path, notes), 1)
+    if not lines.head:
+        raise ValueError(f"{path}: empty file (needs a 'start, IBI' row)")
+    start = _number(path, 1, lines.head[0][0], "start time (unix s)")
+    arr = _read_table(path, lines, 2, notes)
     t_rel, ibi_s = arr[:, 0], arr[:, 1]
     bad = np.flatnonzero(ibi_s <= 0)
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{path.name} row {i + 2}: interval must be > 0 s, got {ibi_s[i]}")
+        raise ValueError(f"{path} row {i + 2}: interval must be > 0 s, got {ibi_s[i]}")
     times = _start_ns(start) + np.round(t_rel * 1e9).astype(np.int64)
     nonincr = np.flatnonzero(np.diff(times) <= 0)
     if nonincr.size:
         i = int(nonincr[0]) + 1
         raise ValueError(
-            f"{path.name} row {i + 2}: beat time {t_rel[i]} s does not increase "
+            f"{path} row {i + 2}: beat time {t_rel[i]} s does not increase "
             f"(previous {t_rel[i - 1]} s)"
         )
     return ChannelSamples(times, ibi_s * _SCALE[Channel.RR], None)
 
 
-def _read_labels(path: Path) -> list[LabelSegment]:
+def _read_labels(path: Path, notes: list[str]) -> list[LabelSegment]:
+    text = _read_text(path, notes)
+    stripped = text.rstrip(" \t\r\n")
+    if not stripped:
+        return []
+    cut_last = "\n" not in text[len(stripped):] and "\n" in stripped
     try:
-        df = pd.read_csv(path, engine="c", skipinitialspace=True, dtype=str)
+        # Every cell as written (no "NA" -> NaN), so messages quote the file's own tokens.
+        df = pd.read_csv(io.StringIO(stripped + "\n"), engine="c", skipinitialspace=True,
+                         dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         return []
     except pd.errors.ParserError as exc:
-        raise ValueError(f"{path.name}: malformed CSV ({exc})") from None
+        raise ValueError(f"{path}: malformed CSV ({' '.join(str(exc).split())})") from None
     need = ["start_unix", "end_unix", "label", "task"]
     missing = [c for c in need if c not in df.columns]
     if missing:
-        raise ValueError(f"{path.name}: missing column(s) {missing}; expected {need}")
+        raise ValueError(f"{path}: missing column(s) {missing}; expected {need}")
     # Optional: a valence rating per segment (empty where a segment was not rated).
     cols = need + (["valence"] if "valence" in df.columns else [])
     segs = []
+    last = len(df) + 1
     for i, row in enumerate(df[cols].itertuples(index=False), start=2):
-        start = _number(path, i, str(row[0]), "start_unix")
-        end = _number(path, i, str(row[1]), "end_unix")
-        if end <= start:
-            raise ValueError(f"{path.name} row {i}: end_unix {end} must be after start_unix")
-        label, task = row[2], row[3]
-        if not isinstance(label, str) or not label:
-            raise ValueError(f"{path.name} row {i}: empty label")
-        valence = None
-        if len(row) > 4 and isinstance(row[4], str) and row[4].strip():
-            valence = _number(path, i, row[4], "valence")
-        segs.append(LabelSegment(_start_ns(start), _start_ns(end), label,
-                                 task if isinstance(task, str) else "", valence))
+        try:
+            segs.append(_label_row(path, i, row))
+        except ValueError as exc:
+            if not (cut_last and i == last):
+                raise
+            notes.append(f"{path} row {i}: the last line has no line end and is not a whole "
+                         f"row ({str(exc).removeprefix(f'{path} row {i}: ')}); dropped it "
+                         "(file cut mid-line?)")
+    if cut_last and len(segs) == len(df):
+        notes.append(f"{path} row {last}: the last line has no line end (file cut mid-line?); "
+                     "it parses and is kept")
     return sorted(segs, key=lambda s: s.start_ns)
+
+
+def _label_row(path: Path, i: int, row: tuple[object, ...]) -> LabelSegment:
+    if any(not isinstance(x, str) for x in row[:3]):  # pandas fills a short row with NaN
+        raise ValueError(f"{path} row {i}: fewer fields than the header")
+    start = _number(path, i, str(row[0]), "start_unix")
+    end = _number(path, i, str(row[1]), "end_unix")
+    if end <= start:
+        raise ValueError(f"{path} row {i}: end_unix {end} must be after start_unix")
+    label, task = str(row[2]), row[3] if isinstance(row[3], str) else ""
+    if not label:
+        raise ValueError(f"{path} row {i}: empty label")
+    valence = None
+    if len(row) > 4 and isinstance(row[4], str) and row[4].strip():
+        valence = _number(path, i, row[4], "valence")
+    return LabelSegment(_start_ns(start), _start_ns(end), label, task, valence)
 
 
 def load_recording(
@@ -590,8 +778,10 @@ def load_recording(
     Raises
     ------
     ValueError
-        No channel file, an invalid subject id, or a malformed file (the message names the file
-        and the row).
+        No channel file, an invalid subject id, or a malformed file: one line naming the file,
+        the row (and column) and quoting the offending token as written. What the loader can
+        read past (a last line cut mid-line, a gzip stream that ends early) is kept in
+        :attr:`Recording.warnings` instead, with the valid rows.
 
     Example
     -------
@@ -602,11 +792,13 @@ def load_recording(
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise ValueError(f"{folder}: not a folder")
+        raise ValueError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}")
     sid = folder.name if subject_id is None else subject_id
     if not re.match(ID_PATTERN, sid):
-        raise ValueError(f"subject_id {sid!r} is not a valid id (letters, digits, '._:-')")
+        raise ValueError(f"{folder}: subject_id {sid!r} is not a valid id (letters, digits, "
+                         "'._:-'; pass another id or rename the folder)")
     wanted = set(Channel) if channels is None else {Channel(c) for c in channels}
+    notes: list[str] = []
     data: dict[Channel, ChannelSamples] = {}
     for ch, stem in E4_FILES.items():
         if ch not in wanted:
@@ -614,14 +806,14 @@ def load_recording(
         file = _find(folder, stem)
         if file is None:
             continue
-        cd = _read_ibi(file) if ch is Channel.RR else _read_regular(file, ch)
+        cd = _read_ibi(file, notes) if ch is Channel.RR else _read_regular(file, ch, notes)
         if cd.n_samples:
             data[ch] = cd
     if not data:
         raise ValueError(f"{folder}: no channel data (looked for {sorted(E4_FILES.values())})")
     labels_file = folder / "labels.csv"
-    labels = _read_labels(labels_file) if labels_file.is_file() else []
-    return Recording(sid, folder, data, labels)
+    labels = _read_labels(labels_file, notes) if labels_file.is_file() else []
+    return Recording(sid, folder, data, labels, warnings=notes)
 
 
 def _has_channel_file(folder: Path) -> bool:
@@ -632,6 +824,13 @@ def find_recordings(root: str | Path) -> list[Path]:
     """Recording folders under ``root``: ``root`` itself if it holds channel files, else its
     immediate subfolders that do (sorted).
 
+    Raises
+    ------
+    ValueError
+        ``root`` is not a folder, or neither it nor any immediate subfolder holds a channel
+        file (the message lists the file names looked for, and the subfolders one level down
+        that hold recordings, if any).
+
     Example
     -------
     >>> find_recordings("../shared/data/stress-predict")[:1]                   # doctest: +SKIP
@@ -639,7 +838,18 @@ def find_recordings(root: str | Path) -> list[Path]:
     """
     base = Path(root)
     if not base.is_dir():
-        raise ValueError(f"{base}: not a folder")
+        raise ValueError(f"{base}: {'not a folder' if base.exists() else 'no such folder'}")
     if _has_channel_file(base):
         return [base]
-    return sorted(p for p in base.iterdir() if p.is_dir() and _has_channel_file(p))
+    subfolders = sorted(p for p in base.iterdir() if p.is_dir())
+    found = [p for p in subfolders if _has_channel_file(p)]
+    if found:
+        return found
+    files = ", ".join(f"{s}.csv" for s in sorted(E4_FILES.values()))
+    # A dataset split by protocol (aerobic/S01, stress/S01, ...) is one level deeper: say so.
+    deeper = [p.name for p in subfolders
+              if any(q.is_dir() and _has_channel_file(q) for q in p.iterdir())]
+    hint = (f"; its subfolders {deeper[:5]} hold recording folders: pass one of them"
+            if deeper else "")
+    raise ValueError(f"{base}: no recording folders (none of {files} or .csv.gz, in it or in "
+                     f"its subfolders){hint}")

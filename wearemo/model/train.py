@@ -23,7 +23,7 @@ Example
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +47,11 @@ from wearemo.model.selection import ModelSearch
 
 __all__ = [
     "VALENCE_MIDPOINT",
+    "FixedModelReport",
     "LabelledWindows",
     "LosoReport",
     "confusion",
+    "evaluate_fixed",
     "expected_calibration_error",
     "external_evaluate",
     "fit_model",
@@ -575,12 +577,14 @@ def _report(
 
 def external_evaluate(
     data: Sequence[LabelledWindows], model: StressModel, *,
-    valence_midpoint: float = VALENCE_MIDPOINT,
+    valence_midpoint: float = VALENCE_MIDPOINT, protocol: str | None = None,
 ) -> LosoReport:
     """Score a fixed, already-trained model on labelled recordings it never saw.
 
     Every window goes through the model's own gate, personal baseline, variant routing and
     class priors, exactly as in live use (external validation: nothing is fitted on ``data``).
+    Whether the model really never saw ``data`` is the caller's to check (see
+    :func:`evaluate_fixed`); ``protocol`` replaces the report's protocol sentence.
 
     Example
     -------
@@ -613,8 +617,115 @@ def external_evaluate(
             f.scored[v.spec.name] = (rows, p, np.asarray(v.priors), "fixed")
         folds.append(f)
     return _report(d, specs, folds, target=model.target,
-                   protocol=f"fixed model {model.version} applied to held-out recordings "
-                   "(external validation); windows 60 s every 5 s")
+                   protocol=protocol or f"fixed model {model.version} applied to held-out "
+                   "recordings (external validation); windows 60 s every 5 s")
+
+
+@dataclass(slots=True)
+class FixedModelReport:
+    """A fixed model scored on recordings, split by whether it was trained on them.
+
+    Only ``unseen`` is external validation; ``seen`` holds the recordings the model was
+    trained on, scored the same way but in-sample (optimistic, not validation).
+
+    Attributes
+    ----------
+    model_version
+        The scored model.
+    unseen, seen
+        The two parts' reports (None when a part is empty or has no scorable window).
+    overlap
+        Evaluated subject -> the training subject whose data it holds.
+    unseen_subjects
+        Evaluated subjects not in the training data.
+    method
+        How seen recordings were told apart (content fingerprints or subject ids).
+    notes
+        Why a non-empty part has no report.
+    """
+
+    model_version: str
+    unseen: LosoReport | None
+    seen: LosoReport | None
+    overlap: dict[str, str]
+    unseen_subjects: list[str]
+    method: str
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: ``external_validation`` (unseen) and ``in_sample`` (seen) summaries."""
+        n_seen, n_unseen = len(self.overlap), len(self.unseen_subjects)
+        first = self.unseen or self.seen
+        out: dict[str, Any] = {
+            "protocol": f"fixed model {self.model_version} applied to {n_seen + n_unseen} "
+                        f"recordings: {n_unseen} not in its training data (external "
+                        f"validation), {n_seen} in its training data (in-sample, not "
+                        "validation); windows 60 s every 5 s",
+            "target": first.target if first else None,
+            "classes": list(first.classes) if first else [],
+            "training_overlap": {"method": self.method, "seen": dict(self.overlap),
+                                 "unseen": list(self.unseen_subjects)},
+            "external_validation": self.unseen.summary() if self.unseen else None,
+            "in_sample": self.seen.summary() if self.seen else None,
+        }
+        if self.notes:
+            out["notes"] = dict(self.notes)
+        return out
+
+
+def evaluate_fixed(
+    data: Sequence[LabelledWindows],
+    model: StressModel,
+    *,
+    seen: Mapping[str, str],
+    method: str,
+    valence_midpoint: float = VALENCE_MIDPOINT,
+) -> FixedModelReport:
+    """Score a fixed model on recordings, the ones it was trained on apart from the others.
+
+    ``seen`` maps the subjects of ``data`` whose recordings are in the model's training data
+    to the training subject they match (``wearemo.batch.training_overlap``); ``method`` says
+    how that was decided. Each part is scored as :func:`external_evaluate` does; only the
+    unseen part is external validation.
+
+    Raises
+    ------
+    ValueError
+        Neither part has a labelled window the model estimates.
+
+    Example
+    -------
+    >>> r = evaluate_fixed(data, load_model("default"), seen={"X9": "S02"},
+    ...                    method="recording content")                   # doctest: +SKIP
+    >>> r.summary()["in_sample"]["per_subject"].keys()                    # doctest: +SKIP
+    dict_keys(['X9'])
+    """
+    unseen_data = [d for d in data if d.subject_id not in seen]
+    seen_data = [d for d in data if d.subject_id in seen]
+    parts: dict[str, LosoReport | None] = {}
+    notes: dict[str, str] = {}
+    protocols = {
+        "external_validation": f"fixed model {model.version} applied to recordings it was not "
+                               "trained on (external validation); windows 60 s every 5 s",
+        "in_sample": f"fixed model {model.version} applied to recordings it was trained on "
+                     "(in-sample: optimistic, NOT validation); windows 60 s every 5 s",
+    }
+    for name, part in (("external_validation", unseen_data), ("in_sample", seen_data)):
+        parts[name] = None
+        if not part:
+            continue
+        try:
+            parts[name] = external_evaluate(part, model, valence_midpoint=valence_midpoint,
+                                            protocol=protocols[name])
+        except ValueError as exc:
+            notes[name] = str(exc)
+    if parts["external_validation"] is None and parts["in_sample"] is None:
+        raise ValueError("; ".join(notes.values()) or "no recordings to evaluate")
+    return FixedModelReport(
+        model_version=model.version, unseen=parts["external_validation"],
+        seen=parts["in_sample"],
+        overlap={d.subject_id: seen[d.subject_id] for d in seen_data},
+        unseen_subjects=[d.subject_id for d in unseen_data], method=method, notes=notes)
 
 
 def fit_model(
