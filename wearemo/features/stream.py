@@ -44,6 +44,13 @@ class SubjectStream:
     newest sample is more than ``lateness_s`` past ``T`` (lagging channels then count with
     what they have, i.e. low coverage). Windows below ``min_coverage`` are still emitted.
 
+    A window with no sample of any channel is not computed: once it is certain that none can
+    still arrive (every channel has moved past it, or a batch of any channel started after it;
+    see Determinism), the scheduler jumps to the first window that holds a sample, so a gap of
+    days, or a clock that jumps by years, costs the windows around its data and no more (their
+    number is counted in :attr:`skipped_windows`). Work is bounded by the data, not by the time
+    it spans: each sample falls in at most ``ceil(length / step)`` windows.
+
     Only what the open windows need is kept per channel (a ring buffer of about one window).
 
     Determinism: the windows and values do not depend on how the data is chunked, provided
@@ -78,7 +85,10 @@ class SubjectStream:
         self.expected_channels = expected_channels
         self._buffers: dict[Channel, _Buffer] = {}
         self._first_ns: int | None = None
-        self._next_end_ns: int | None = None  # set once the first window is emitted
+        self._next_end_ns: int | None = None  # set once the first window is emitted or skipped
+        # Newest first-sample time of any batch pushed: later batches start at or after it.
+        self._frontier_ns: int | None = None
+        self._skipped = 0
         # Beats and EDA components are detected once per stream, then read by every window.
         self._ppg = PPGTrack()
         self._eda = EDATrack()
@@ -117,6 +127,9 @@ class SubjectStream:
         if batch.rate_hz is not None:
             buf.rate_hz = batch.rate_hz
         buf.last_ns = int(times[-1])
+        t_first = int(times[0])
+        self._frontier_ns = t_first if self._frontier_ns is None else max(self._frontier_ns,
+                                                                           t_first)
         if ch is Channel.PPG:
             self._ppg.push(times, values, rate_hz=batch.rate_hz)
         elif ch is Channel.EDA:
@@ -156,6 +169,11 @@ class SubjectStream:
         return cfg.length_s + cfg.lateness_s + cfg.step_s + tracks
 
     @property
+    def skipped_windows(self) -> int:
+        """Windows not computed because no sample of any channel falls in them (gaps)."""
+        return self._skipped
+
+    @property
     def next_window_end_ns(self) -> int | None:
         """End of the next window to be emitted (None before any data)."""
         if self._next_end_ns is not None:
@@ -193,9 +211,20 @@ class SubjectStream:
         length = self.config.length_ns
         while True:
             end = self.next_window_end_ns
-            if end is None or not self._ready(end, newest, final):
+            if end is None:
                 break
             start = end - length
+            following = self._first_sample_from(start)
+            if following is None or following >= end:
+                # Nothing in this window so far: skip it, and every later window before the
+                # next sample, once nothing can still arrive in them; else wait for data.
+                empty_until = self._empty_until(following, final=final)
+                if empty_until is None or empty_until < end:
+                    break
+                self._skip_through(empty_until)
+                continue
+            if not self._ready(end, newest, final):
+                break
             slices: dict[Channel, ChannelSamples] = {}
             for ch, buf in self._buffers.items():
                 i0, i1 = np.searchsorted(buf.times_ns, [start, end], side="left")
@@ -213,6 +242,46 @@ class SubjectStream:
             self._next_end_ns = end + self.config.step_ns
             self._trim()
         return out
+
+    def _first_sample_from(self, t_ns: int) -> int | None:
+        """The earliest buffered sample of any channel at or after ``t_ns``."""
+        first: int | None = None
+        for buf in self._buffers.values():
+            i = int(np.searchsorted(buf.times_ns, t_ns, side="left"))
+            if i < buf.times_ns.size:
+                t = int(buf.times_ns[i])
+                first = t if first is None else min(first, t)
+        return first
+
+    def _empty_until(self, following: int | None, *, final: bool) -> int | None:
+        """A time before which no sample can arrive any more beyond the buffered ones.
+
+        Given the next buffered sample ``following`` (None: none), every window ending at or
+        before the returned time, and holding no buffered sample, stays empty for good: later
+        batches of a channel start after its last sample, and (the Determinism precondition)
+        after the newest batch start seen. On :meth:`flush` nothing more counts for the windows
+        it closes, so the next buffered sample is the bound; None when there is none.
+        """
+        if final:
+            return following
+        assert self._frontier_ns is not None  # there are buffers, so a batch was pushed
+        channels = set(self._buffers) | set(self.expected_channels or ())
+        bound = min(
+            max(self._frontier_ns, self._buffers[c].last_ns + 1) if c in self._buffers
+            else self._frontier_ns
+            for c in channels
+        )
+        return bound if following is None else min(following, bound)
+
+    def _skip_through(self, empty_until: int) -> None:
+        """Move the next window to the first aligned end after ``empty_until``."""
+        end = self.next_window_end_ns
+        assert end is not None
+        step = self.config.step_ns
+        nxt = (empty_until // step + 1) * step
+        self._skipped += (nxt - end) // step
+        self._next_end_ns = nxt
+        self._trim()
 
     def _trim(self) -> None:
         assert self._next_end_ns is not None
