@@ -96,6 +96,16 @@ class Settings(BaseSettings):
         Largest accepted request body; larger uploads get HTTP 413.
     max_batches_per_request
         Largest number of ``SampleBatch``es in one ingest request (or WebSocket message).
+    ingest_max_ahead_s
+        Ingest refuses (HTTP 422, nothing of the request stored) a batch with a sample more
+        than this many seconds ahead of the server clock; ``None`` turns the bound off. The
+        default, 300 s, covers clock skew between devices and the server while limiting how
+        long a wrong clock can lock out correct data (see
+        :class:`~wearemo.ingest.TimeBounds`).
+    ingest_max_age_days
+        Ingest refuses (HTTP 422) a batch with a sample older than this many days before the
+        server clock (a clock reset to 1970 or 2000); ``None`` turns the bound off. Default
+        3650 days.
     processing
         ``"inline"``: ``POST /v1/ingest`` answers after its batches went through features
         and model (the response counts windows and states). ``"background"``: it answers once
@@ -173,6 +183,8 @@ class Settings(BaseSettings):
     lateness_s: float = Field(default=30.0, ge=0)
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_batches_per_request: int = Field(default=1000, ge=1)
+    ingest_max_ahead_s: float | None = Field(default=300.0, ge=0)
+    ingest_max_age_days: float | None = Field(default=3650.0, gt=0)
     processing: Literal["inline", "background"] = "inline"
     processing_workers: int = Field(default=1, ge=1, le=64)
     max_pending_samples: int = Field(default=5_000_000, ge=1)

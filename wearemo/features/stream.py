@@ -99,12 +99,38 @@ class SubjectStream:
     def push(self, batch: SampleBatch) -> list[FeatureWindow]:
         """Add a batch and return the windows it completes (possibly none).
 
+        The same as :meth:`add` then :meth:`emit`.
+
         Raises
         ------
         ValueError
             The batch is for another subject, or it starts at or before the last sample
             already received on its channel (out-of-order or duplicate data; the ingest stage
             filters those before).
+        """
+        self.add(batch)
+        return self._emit(final=False)
+
+    def add(self, batch: SampleBatch) -> None:
+        """Add a batch without computing windows yet (see :meth:`emit`).
+
+        Lets a caller compute the windows a batch completes a few at a time, e.g. to share a
+        thread between subjects or to stop between windows; the windows are the same as
+        :meth:`push` returns, whenever they are taken.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`push`.
+
+        Example
+        -------
+        >>> from wearemo.samples import SampleBatch
+        >>> s = SubjectStream("s1", config=WindowConfig(length_s=10, step_s=5))
+        >>> s.add(SampleBatch(batch_id="b", subject_id="s1", device_id="d", channel="temp",
+        ...                   start_ns=0, rate_hz=4.0, values=[33.0] * 80))
+        >>> [w.end_ns // 10**9 for w in s.emit(limit=1)], len(s.emit())
+        ([10], 1)
         """
         if batch.subject_id != self.subject_id:
             raise ValueError(
@@ -146,7 +172,19 @@ class SubjectStream:
         if times.size:
             buf.times_ns = np.concatenate([buf.times_ns, times])
             buf.values = np.concatenate([buf.values, values])
-        return self._emit(final=False)
+
+    def emit(self, *, limit: int | None = None) -> list[FeatureWindow]:
+        """The windows the data added so far completes, in order; at most ``limit`` of them
+        (the rest come with the next call).
+
+        Example
+        -------
+        >>> SubjectStream("s1").emit(limit=10)
+        []
+        """
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {limit}")
+        return self._emit(final=False, limit=limit)
 
     def flush(self) -> list[FeatureWindow]:
         """Emit every remaining window that ends at or before the newest sample received."""
@@ -203,13 +241,13 @@ class SubjectStream:
             return True
         return final and end_ns <= max(b.last_ns for b in self._buffers.values())
 
-    def _emit(self, *, final: bool) -> list[FeatureWindow]:
+    def _emit(self, *, final: bool, limit: int | None = None) -> list[FeatureWindow]:
         out: list[FeatureWindow] = []
         if not self._buffers:
             return out
         newest = max(self._available_ns(c) for c in self._buffers)
         length = self.config.length_ns
-        while True:
+        while limit is None or len(out) < limit:
             end = self.next_window_end_ns
             if end is None:
                 break

@@ -8,6 +8,7 @@ the same per-batch results, so a client can switch forms without changing its lo
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
@@ -38,8 +39,9 @@ from wearemo.api.schemas import (
     ValidationResponse,
 )
 from wearemo.api.wire import JSON, MSGPACK, UnsupportedMediaTypeError, parse_ingest_body
-from wearemo.ingest import IngestReport
+from wearemo.ingest import IngestReport, TimeBounds
 from wearemo.pipeline import Pipeline, PipelineBusyError
+from wearemo.settings import Settings
 
 __all__ = ["WS_CLOSE_RATE_ABUSE", "WS_CLOSE_TOO_BIG", "document_bodies", "router"]
 
@@ -70,6 +72,25 @@ def _authorize(body: IngestRequest, principal: Principal, ctx: AuditContext) -> 
             raise _RefusedError(
                 403, f"batches.{i}.subject_id: key {principal.key_id} ({principal.role}) may "
                 f"not write subject {b.subject_id!r}; nothing of this request was stored")
+
+
+def _time_bounds(settings: Settings) -> TimeBounds:
+    return TimeBounds(max_ahead_s=settings.ingest_max_ahead_s,
+                      max_age_days=settings.ingest_max_age_days)
+
+
+def _check_times(body: IngestRequest, bounds: TimeBounds) -> None:
+    """Refuse the whole request (422, nothing stored) when a batch has a sample outside the
+    timestamp bounds around the server clock; every such batch is named, so a client (the
+    bridge's uplink) can set those aside and re-send the others."""
+    issues = []
+    for v in bounds.check(body.batches, now_ns=time.time_ns()):
+        loc: tuple[str | int, ...] = ("body", "batches", v.index, v.field)
+        if v.field == "timestamps_ns":
+            loc = (*loc, v.sample)
+        issues.append({"type": "timestamp_out_of_bounds", "loc": loc, "msg": v.message})
+    if issues:
+        raise RequestValidationError(issues)
 
 
 def _rate_key(principal: Principal) -> str:
@@ -129,7 +150,9 @@ def _response(report: IngestReport) -> IngestResponse:
         },
         413: {"model": ErrorResponse, "description": "Request body too large."},
         415: {"model": ErrorResponse, "description": "Content-Type neither JSON nor msgpack."},
-        422: {"model": ValidationResponse, "description": "Invalid batch (the field is named)."},
+        422: {"model": ValidationResponse, "description": "Invalid batch (the field is named), "
+              "or samples too far ahead of the server clock or older than the ingest horizon "
+              "(type timestamp_out_of_bounds); nothing of the request was stored."},
         429: {"model": ErrorResponse, "description": "Over this client's rate limit; retry "
               "after Retry-After seconds (nothing of the request was stored)."},
         503: {"model": ErrorResponse, "description": "Background processing lags too far "
@@ -149,7 +172,10 @@ async def ingest(
     Batches are processed in order. A batch whose ``batch_id`` is already stored for its subject
     is reported as ``duplicate`` and not stored again, so retrying a whole request is safe. A
     batch that starts at or before the last stored sample of its channel stops the request with
-    HTTP 409; the batches before it stay stored. With ``WEAREMO_PROCESSING=background`` the
+    HTTP 409; the batches before it stay stored. A batch with a sample more than
+    ``WEAREMO_INGEST_MAX_AHEAD_S`` ahead of the server clock, or older than
+    ``WEAREMO_INGEST_MAX_AGE_DAYS``, is invalid: HTTP 422 naming every such batch, and nothing
+    of the request is stored (like any invalid batch). With ``WEAREMO_PROCESSING=background`` the
     answer comes once the batches are durably stored (``windows`` and ``states`` are 0; the
     states follow shortly, see ``GET /v1/ingest/lag``).
     """
@@ -159,6 +185,7 @@ async def ingest(
                                  max_batches=settings.max_batches_per_request)
     except UnsupportedMediaTypeError as exc:
         raise HTTPException(status_code=415, detail=str(exc)) from None
+    _check_times(body, _time_bounds(settings))
     try:
         _authorize(body, principal, audit_context(request))
         # Store and features are blocking work: off the event loop.
@@ -221,8 +248,8 @@ async def ingest_ws(websocket: WebSocket, principal: IngestPrincipal) -> None:
                 )
                 return
             ctx = AuditContext(key_id=principal.key_id, role=principal.role)
-            answer = await _ws_answer(data, kind, client, settings.max_batches_per_request,
-                                      pipeline, limiter, principal, ctx)
+            answer = await _ws_answer(data, kind, client, settings, pipeline, limiter,
+                                      principal, ctx)
             whose: list[str | None] = list(ctx.subjects) or [None]
             entries = [AuditEntry.new(ctx.key_id, ctx.role, "WS /v1/ingest/ws", sid,
                                       answer["status"], ctx.detail) for sid in whose]
@@ -237,11 +264,12 @@ async def ingest_ws(websocket: WebSocket, principal: IngestPrincipal) -> None:
         return
 
 
-async def _ws_answer(data: bytes | str, kind: str, client: str, max_batches: int,
+async def _ws_answer(data: bytes | str, kind: str, client: str, settings: Settings,
                      pipeline: Pipeline, limiter: RateLimiter, principal: Principal,
                      ctx: AuditContext) -> dict[str, Any]:
     try:
-        body = parse_ingest_body(data, kind, max_batches=max_batches)
+        body = parse_ingest_body(data, kind, max_batches=settings.max_batches_per_request)
+        _check_times(body, _time_bounds(settings))
         _authorize(body, principal, ctx)
         response = await run_in_threadpool(_accept, body, client, pipeline, limiter)
     except RequestValidationError as exc:
