@@ -36,7 +36,7 @@ from wearemo.batch import (
     tracking_report,
 )
 from wearemo.datasets import Recording, load_recording
-from wearemo.samples import Channel
+from wearemo.samples import ID_PATTERN, Channel
 
 __all__ = ["app"]
 
@@ -133,8 +133,9 @@ def _auth_path(data_dir: Path | None) -> Path:
 
 
 @contextlib.contextmanager
-def _admin(data_dir: Path | None, action: str) -> Any:
-    """The key store of the data dir, with the CLI action appended to the audit log."""
+def _admin(data_dir: Path | None, action: str, subject: str | None = None) -> Any:
+    """The key store of the data dir, with the CLI action appended to the audit log (naming
+    ``subject`` when the action concerns one)."""
     from wearemo.api.audit import AuditEntry, AuditLog
     from wearemo.api.keystore import KeyStore, KeyStoreError, UnknownError
 
@@ -144,11 +145,11 @@ def _admin(data_dir: Path | None, action: str) -> Any:
         try:
             yield keys, detail
         except (KeyStoreError, UnknownError) as exc:
-            log.append(AuditEntry.new("cli", "admin", f"cli {action}", None, 1, str(exc)))
+            log.append(AuditEntry.new("cli", "admin", f"cli {action}", subject, 1, str(exc)))
             console.print(f"[red]{action}:[/red] {exc}")
             raise typer.Exit(2) from exc
         for d in detail or [""]:
-            log.append(AuditEntry.new("cli", "admin", f"cli {action}", None, 0, d))
+            log.append(AuditEntry.new("cli", "admin", f"cli {action}", subject, 0, d))
 
 
 def _duration_ns(text: str) -> int:
@@ -282,6 +283,65 @@ def subjects_mint(count: Annotated[int, typer.Argument()] = 1,
             keys.add_subjects(cohort, minted)
         detail.append(f"minted {len(minted)} subject ids")
     print("\n".join(minted))
+
+
+@subjects_app.command("erase")
+def subjects_erase(
+    subject: Annotated[str, typer.Argument(help="The pseudonymous subject id.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Erase a subject offline, as ``DELETE /v1/admin/subjects/ID`` does: everything in the
+    store (samples, batches, windows, states, calibration, processing queue), its alert rules,
+    alerts and deliveries, and its cohort memberships and key grants; the audit log records
+    the erasure. Refused while a service runs on the data dir (erase through its API then);
+    exit code 1 when nothing of the subject was found."""
+    import re
+
+    from wearemo.alerts import AlertDB
+    from wearemo.settings import Settings
+    from wearemo.store import open_store
+    from wearemo.store.lock import DataDirLock
+
+    if not re.fullmatch(ID_PATTERN, subject):
+        raise typer.BadParameter(f"{subject!r} is not a subject id (letters, digits, '._:-')")
+    try:
+        settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+    except ValueError as exc:  # e.g. a weak WEAREMO_ADMIN_KEY in the environment
+        console.print(f"[red]bad settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    lock = DataDirLock(settings.data_dir).try_exclusive()
+    if lock is None:
+        pid = DataDirLock(settings.data_dir).holder_pid()
+        err_console.print(
+            f"[red]subjects erase:[/red] a wearemo service is running on {settings.data_dir}"
+            f"{f' (pid {pid})' if pid else ''}; it holds this subject's state in memory, so "
+            f"erase through it: DELETE /v1/admin/subjects/{subject} (or stop it first)",
+            highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    try:
+        with _admin(settings.data_dir, "subjects erase", subject) as (keys, detail):
+            removed: dict[str, int] = {}
+            db = settings.resolved_sqlite_path()
+            if settings.store != "sqlite" or db.exists():  # opening would create an empty one
+                store = open_store(settings)
+                try:
+                    removed = store.erase_subject(subject)
+                finally:
+                    store.close()
+            alert_rows = 0
+            if settings.resolved_alerts_path().exists():
+                with contextlib.closing(AlertDB(settings.resolved_alerts_path())) as alerts:
+                    alert_rows = alerts.erase_subject(subject)
+            grants = keys.forget_subject(subject)
+            detail.append(f"erased: {removed}, {alert_rows} alert rows, {grants} grants")
+    finally:
+        lock.release()
+    print(json.dumps({"subject_id": subject, "removed": removed, "alert_rows": alert_rows,
+                      "grants": grants}))
+    if not any(removed.values()) and not alert_rows and not grants:
+        err_console.print(f"nothing of subject {subject!r} was found in {settings.data_dir}",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @audit_app.command("verify")

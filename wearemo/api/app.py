@@ -53,6 +53,7 @@ from wearemo.model import load_model
 from wearemo.pipeline import Pipeline
 from wearemo.settings import Settings, get_settings
 from wearemo.store import StateStore, StoreUnavailableError, open_store
+from wearemo.store.lock import DataDirLock
 from wearemo.store.retention import apply_retention
 
 __all__ = ["create_app"]
@@ -112,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                      f"target {m.target!r}, expected one of {targets}")
                 extra.append(m)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # Held while serving: offline changes (`wearemo subjects erase`) refuse to run under it.
+        dir_lock = await run_in_threadpool(DataDirLock(cfg.data_dir).acquire_shared)
         store = await run_in_threadpool(open_store, cfg)
         window = WindowConfig(
             length_s=cfg.window_s,
@@ -181,6 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store.close()
             keys.close()
             audit.close()
+            dir_lock.release()
 
     app = FastAPI(
         title="wearemo",
