@@ -143,6 +143,30 @@ def test_samples_older_than_the_horizon_are_refused(client: httpx.Client) -> Non
     assert client.get("/v1/subjects/tj-old").status_code == 404
 
 
+def test_the_bridge_sets_a_wrong_clocks_batches_aside_and_delivers_the_rest(
+    inline_url: str, tmp_path: Path,
+) -> None:
+    """The uplink (at-least-once from the bridge's spool) against the real API: the batches a
+    watch stamped years ahead go to the spool's dead letters with the API's reason; the
+    others arrive, once."""
+    from firmware_bridge.spool import Spool
+    from firmware_bridge.uplink import Uplink
+
+    now = time.time_ns() // (5 * S) * 5 * S
+    batches = [_eda(f"up{k}", "tj-bridge", now - 600 * S + k * 10 * S) for k in range(6)]
+    batches[3] = _eda("up3", "tj-bridge", now + 3 * 365 * DAY)
+    with Spool(tmp_path / "spool.db") as spool:
+        spool.put(batches)
+        uplink = Uplink(spool, api_url=inline_url, api_key=ADMIN_KEY, max_batches_per_request=4)
+        assert asyncio.run(uplink.drain(timeout_s=60))
+        [dead] = spool.dead_letters()
+        assert dead.batch_id == "up3" and dead.status == 422
+        assert "WEAREMO_INGEST_MAX_AHEAD_S" in dead.reason
+    with admin_client(inline_url) as c:
+        assert c.get("/v1/subjects/tj-bridge").json()["batches"] == 5
+    assert uplink.stats.stored == 5 and uplink.stats.dead_lettered == 1
+
+
 def test_the_bounds_are_settings(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, ingest_max_ahead_s=3600.0, ingest_max_age_days=None)
     now = time.time_ns()
