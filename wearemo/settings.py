@@ -98,7 +98,8 @@ class Settings(BaseSettings):
         Largest number of ``SampleBatch``es in one ingest request (or WebSocket message).
     ingest_max_ahead_s
         Ingest refuses (HTTP 422, nothing of the request stored) a batch with a sample more
-        than this many seconds ahead of the server clock; ``None`` turns the bound off. The
+        than this many seconds ahead of the server clock; ``None`` (``null`` in the
+        environment) turns the bound off. The
         default, 300 s, covers clock skew between devices and the server while limiting how
         long a wrong clock can lock out correct data (see
         :class:`~wearemo.ingest.TimeBounds`).
@@ -165,8 +166,10 @@ class Settings(BaseSettings):
         ``data_dir / "auth.sqlite3"`` (independent of the state store).
     """
 
+    # env_parse_none_str: `WEAREMO_INGEST_MAX_AHEAD_S=null` turns an optional bound off.
     model_config = SettingsConfigDict(
-        env_prefix="WEAREMO_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="WEAREMO_", env_file=".env", extra="ignore", frozen=True,
+        env_parse_none_str="null",
     )
 
     data_dir: Path = Path("out/data")

@@ -167,8 +167,11 @@ def test_the_bridge_sets_a_wrong_clocks_batches_aside_and_delivers_the_rest(
     assert uplink.stats.stored == 5 and uplink.stats.dead_lettered == 1
 
 
-def test_the_bounds_are_settings(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, ingest_max_ahead_s=3600.0, ingest_max_age_days=None)
+def test_the_bounds_are_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEAREMO_INGEST_MAX_AHEAD_S", "3600")
+    monkeypatch.setenv("WEAREMO_INGEST_MAX_AGE_DAYS", "null")  # no age bound
+    settings = settings_for(tmp_path)
+    assert (settings.ingest_max_ahead_s, settings.ingest_max_age_days) == (3600.0, None)
     now = time.time_ns()
     with serve(settings) as url, admin_client(url) as c:
         assert _post(c, [_eda("a", "tj-set", 10**9)]).status_code == 200  # no age bound
