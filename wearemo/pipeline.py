@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from threadpoolctl import ThreadpoolController
@@ -101,6 +101,25 @@ _EMIT_CHUNK = 16
 
 class _ErasingError(Exception):
     """The subject is being erased: its processing stops where it is."""
+
+
+@dataclass(slots=True)
+class _Turn:
+    """When one processing turn ends: after ``slice_s`` (``None``: when the queue is done) or,
+    if ``stoppable``, when the pipeline closes. A turn always makes one step (a batch added or
+    a chunk of windows) first, so a slow start (restoring a subject, a loaded store) cannot
+    starve it."""
+
+    slice_s: float | None
+    stoppable: bool
+    started: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+
+    def over(self, stopping: bool) -> bool:
+        if self.stoppable and stopping:
+            return True
+        return (self.slice_s is not None and self.steps > 0
+                and time.perf_counter() - self.started > self.slice_s)
 
 
 class UnknownSubjectError(LookupError):
@@ -209,8 +228,9 @@ class _Subject:
     #: is stored).
     cursor: ProcessingCursor
     #: The last batch added to the stream; ahead of ``cursor`` while a turn that ended early
-    #: left some of its windows to compute.
+    #: left some of its windows to compute (that batch's samples: ``fed_samples``).
     fed: ProcessingCursor
+    fed_samples: int = 0
 
 
 class Pipeline:
@@ -242,6 +262,10 @@ class Pipeline:
     max_pending_samples
         Background mode: while more samples than this are stored but unprocessed,
         :meth:`ingest` raises :class:`PipelineBusyError` and stores nothing.
+    slice_s
+        Background mode: a worker moves on to the next subject waiting after about this long
+        on one (checked every 16 windows and every batch), so a subject with a large backlog
+        cannot starve the others. 0 gives every subject one step per turn.
 
     Notes
     -----
@@ -267,11 +291,14 @@ class Pipeline:
         mode: ProcessingMode = "inline",
         workers: int = 1,
         max_pending_samples: int = 5_000_000,
+        slice_s: float = _SLICE_S,
     ) -> None:
         if mode not in ("inline", "background"):
             raise ValueError(f"unknown mode {mode!r}; options: 'inline', 'background'")
         if workers < 1 or max_pending_samples < 1:
             raise ValueError("workers and max_pending_samples must be >= 1")
+        if not (math.isfinite(slice_s) and slice_s >= 0):
+            raise ValueError(f"slice_s must be a number >= 0, got {slice_s}")
         if model.target != "stress":
             raise ValueError(f"the pipeline's main model must have target 'stress', model "
                              f"{model.version} has {model.target!r}")
@@ -291,6 +318,7 @@ class Pipeline:
         self.mode: ProcessingMode = mode
         self.workers = workers
         self.max_pending_samples = max_pending_samples
+        self.slice_s = slice_s
         # Durable queue bookkeeping (the queue itself is the store): pending counts per
         # subject, the subjects waiting for a worker, and processing statistics.
         self._work = threading.Condition()
@@ -767,7 +795,7 @@ class Pipeline:
                 sid = self._ready.popleft()
                 self._queued.discard(sid)
             try:
-                more = self._process(sid, None, limit=_TURN_BATCHES, slice_s=_SLICE_S,
+                more = self._process(sid, None, limit=_TURN_BATCHES, slice_s=self.slice_s,
                                      stoppable=True)
             except Exception:
                 log.exception("processing of subject %r failed; retrying later", sid)
@@ -797,7 +825,7 @@ class Pipeline:
         values).
         """
         t0 = time.perf_counter()
-        deadline = None if slice_s is None else t0 + slice_s
+        turn = _Turn(slice_s, stoppable, started=t0)
         report = report if report is not None else IngestReport()
         with self._lock_of(subject_id), self._inner_threads():
             if subject_id in self._erasing:
@@ -815,36 +843,44 @@ class Pipeline:
             )
             more = limit is not None and len(page) > limit
             page = page[:limit] if limit is not None else page
-            done, samples = 0, 0
+            # Batches taken from the page, and batches (with their samples) done: every window
+            # they complete stored. Lag counts a batch until it is done.
+            taken, done, samples = 0, 0, 0
             try:
                 finished = True
                 if sub is not None and fed.seq != cursor.seq:
                     # An earlier turn ended inside its last batch: its windows come first.
-                    step = self._advance(sub, None, report, deadline, stoppable)
+                    step = self._advance(sub, None, report, turn)
                     finished = step is True
                     if step is None:
                         sub = None
                     elif step:
                         cursor = fed
+                        done, samples = 1, sub.fed_samples
                 for item in page:
-                    if not finished:
+                    if not finished or turn.over(self._stopping):
+                        finished = False
                         break
                     end_ns = item.batch.end_ns
                     fed = ProcessingCursor(subject_id=subject_id, seq=item.seq,
                                            end_ns=end_ns if fed.end_ns is None
                                            else max(fed.end_ns, end_ns))
-                    done += 1
-                    samples += item.batch.n_samples
-                    if sub is None:  # could not restore it: skip one batch per turn
-                        cursor = fed
-                        break
-                    step = self._advance(sub, item.batch, report, deadline, stoppable)
-                    if step is None:  # failed on this batch: skipped
+                    taken += 1
+                    n = item.batch.n_samples
+                    step = None if sub is None else self._advance(sub, item.batch, report, turn)
+                    if step is None:
+                        # Not restored, or the stream failed on it: the batch is skipped (one
+                        # per turn; its raw data stays stored).
                         cursor, sub = fed, None
+                        done, samples = done + 1, samples + n
                         break
                     finished = step
                     if finished:
                         cursor = fed
+                        done, samples = done + 1, samples + n
+                    else:
+                        assert sub is not None
+                        sub.fed_samples = n
             except _ErasingError:
                 self._subjects.pop(subject_id, None)
                 return False
@@ -854,18 +890,18 @@ class Pipeline:
                 raise
             if sub is not None:
                 sub.fed = fed
-            old = sub.cursor if sub is not None else self.store.processing_cursor(subject_id)
-            if cursor.seq != old.seq:
+            stored = sub.cursor if sub is not None else self.store.processing_cursor(subject_id)
+            if cursor.seq != stored.seq:
                 self.store.set_processing_cursor(cursor)
                 if sub is not None:
                     sub.cursor = cursor
-            more = more or done < len(page) or not finished
+            more = more or taken < len(page) or not finished
         with self._work:
             p = self._pending.get(subject_id)
             if p is not None:
                 p[0] = max(0, p[0] - done)
                 p[1] = max(0, p[1] - samples)
-                if not more and p[0] == 0:
+                if not more and (p[0] == 0 or not page):  # the store's queue is the truth
                     del self._pending[subject_id]
             self._processed[0] += done
             self._processed[1] += samples
@@ -873,7 +909,7 @@ class Pipeline:
         return more
 
     def _advance(self, sub: _Subject, batch: SampleBatch | None, report: IngestReport,
-                 deadline: float | None, stoppable: bool) -> bool | None:
+                 turn: _Turn) -> bool | None:
         """Add ``batch`` (if any), then compute, score and store the windows due, a chunk at a
         time. ``True``: none left due; ``False``: the turn ended first (slice over, or
         closing); ``None``: the stream failed on the batch (logged; the subject is dropped
@@ -885,15 +921,14 @@ class Pipeline:
         try:
             if batch is not None:
                 sub.stream.add(batch)
+                turn.steps += 1
         except Exception:
             self._stream_failed(sid, batch)
             return None
         while True:
             if sid in self._erasing:  # a dict lookup: no lock needed, seen next chunk
                 raise _ErasingError(sid)
-            if (stoppable and self._stopping) or (
-                deadline is not None and time.perf_counter() > deadline
-            ):
+            if turn.over(self._stopping):
                 return False
             try:
                 windows = sub.stream.emit(limit=_EMIT_CHUNK)
@@ -903,6 +938,7 @@ class Pipeline:
             if not windows:
                 return True
             self._emit(sub, windows, report)
+            turn.steps += 1
 
     def _stream_failed(self, subject_id: str, batch: SampleBatch | None) -> None:
         # Skip the batch (its raw data stays stored) and rebuild the subject from the store
