@@ -11,6 +11,9 @@ transaction, which batching keeps to a few per second). ``synchronous="NORMAL"``
 flash-wearing or slow disks: in WAL mode it stays consistent and survives a process crash but
 may lose the last transactions on power loss.
 
+Private: the spool holds a wearer's samples, so its directory is created 0700 and the
+database 0600 (SQLite gives the ``-wal`` and ``-shm`` files the same mode), whatever the umask.
+
 Bounded: when a ``put`` would exceed ``max_batches`` or ``max_bytes`` it is refused as a whole
 with :class:`SpoolFullError` and counted (``refused_batches``); nothing already queued is evicted.
 
@@ -29,6 +32,8 @@ Example
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +44,23 @@ from typing import Literal
 from wearemo.samples import SampleBatch
 
 __all__ = ["DeadLetter", "Spool", "SpoolFullError"]
+
+
+def _create_private(path: Path) -> None:
+    """Missing directories 0700 and the file 0600 (an existing file is tightened)."""
+    missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)  # mkdir's mode went through the umask
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):  # left by an older version or a crash
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -126,7 +148,7 @@ class Spool:
         if max_batches < 1 or max_bytes < 1:
             raise ValueError("max_batches and max_bytes must be positive")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(self.path)
         self.max_batches = max_batches
         self.max_bytes = max_bytes
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

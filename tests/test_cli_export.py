@@ -3,6 +3,8 @@ read back equal to what the store holds (run as a separate process, as trial tea
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +109,19 @@ def test_missing_store_is_refused(tmp_path: Path) -> None:
     code, output = run_here("--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "x"))
     assert code == 2 and "no wearemo store" in output, output
     assert not (tmp_path / "none").exists()
+
+
+def test_export_files_are_owner_only(data_dir: Path, tmp_path: Path) -> None:
+    """Exports hold health data: the folders created 0700 and the files 0600 (umask 022)."""
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "exports" / "trial"
+        code, output = run_here("--data-dir", str(data_dir), "--out", str(out), "--format",
+                                "csv")
+    finally:
+        os.umask(old)
+    assert code == 0, output
+    made = [tmp_path / "exports", out, *sorted(out.iterdir())]
+    assert {p.name for p in made} >= {"states.csv", "features.csv", "samples.csv"}
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {
+        p.name: "0o700" if p.is_dir() else "0o600" for p in made}

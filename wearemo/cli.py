@@ -120,15 +120,31 @@ DataDir = Annotated[Path | None, typer.Option(
     help="Service data dir (default: WEAREMO_DATA_DIR, else out/data).")]
 
 
-def _auth_path(data_dir: Path | None) -> Path:
+def _auth_settings(data_dir: Path | None) -> Any:
+    """The settings (environment, with ``--data-dir`` if given); exit 2 when they are bad."""
     from wearemo.settings import Settings
 
-    if data_dir is not None:
-        return Settings(data_dir=data_dir).resolved_auth_path()
     try:
-        return Settings().resolved_auth_path()
+        return Settings(data_dir=data_dir) if data_dir is not None else Settings()
     except ValueError as exc:  # e.g. a weak WEAREMO_ADMIN_KEY in the environment
         console.print(f"[red]bad settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _auth_path(data_dir: Path | None) -> Path:
+    path: Path = _auth_settings(data_dir).resolved_auth_path()
+    return path
+
+
+def _open_audit(data_dir: Path | None, **kw: Any) -> Any:
+    """The data dir's audit log with its key (see ``open_audit_log``); exit 2 with the reason
+    when the key is missing or wrong, or the log must be migrated first."""
+    from wearemo.api.audit import AuditKeyError, open_audit_log
+
+    try:
+        return open_audit_log(_auth_settings(data_dir), **kw)
+    except (AuditKeyError, ValueError) as exc:
+        console.print(f"[red]audit log:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
 
 
@@ -136,12 +152,12 @@ def _auth_path(data_dir: Path | None) -> Path:
 def _admin(data_dir: Path | None, action: str, subject: str | None = None) -> Any:
     """The key store of the data dir, with the CLI action appended to the audit log (naming
     ``subject`` when the action concerns one)."""
-    from wearemo.api.audit import AuditEntry, AuditLog
+    from wearemo.api.audit import AuditEntry
     from wearemo.api.keystore import KeyStore, KeyStoreError, UnknownError
 
     path = _auth_path(data_dir)
     detail: list[str] = []
-    with KeyStore(path) as keys, AuditLog(path) as log:
+    with KeyStore(path) as keys, _open_audit(data_dir) as log:
         try:
             yield keys, detail
         except (KeyStoreError, UnknownError) as exc:
@@ -292,23 +308,19 @@ def subjects_erase(
 ) -> None:
     """Erase a subject offline, as ``DELETE /v1/admin/subjects/ID`` does: everything in the
     store (samples, batches, windows, states, calibration, processing queue), its alert rules,
-    alerts and deliveries, and its cohort memberships and key grants; the audit log records
-    the erasure. Refused while a service runs on the data dir (erase through its API then);
-    exit code 1 when nothing of the subject was found."""
+    alerts and deliveries, and its cohort memberships and key grants, with the SQLite files'
+    write-ahead logs truncated; the audit log records the erasure. Refused while a service
+    runs on the data dir (erase through its API then); exit code 1 when nothing of the
+    subject was found."""
     import re
 
     from wearemo.alerts import AlertDB
-    from wearemo.settings import Settings
     from wearemo.store import open_store
     from wearemo.store.lock import DataDirLock
 
     if not re.fullmatch(ID_PATTERN, subject):
         raise typer.BadParameter(f"{subject!r} is not a subject id (letters, digits, '._:-')")
-    try:
-        settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
-    except ValueError as exc:  # e.g. a weak WEAREMO_ADMIN_KEY in the environment
-        console.print(f"[red]bad settings:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    settings = _auth_settings(data_dir)
     lock = DataDirLock(settings.data_dir).try_exclusive()
     if lock is None:
         pid = DataDirLock(settings.data_dir).holder_pid()
@@ -320,24 +332,31 @@ def subjects_erase(
         raise typer.Exit(2)
     try:
         with _admin(settings.data_dir, "subjects erase", subject) as (keys, detail):
+            # As the API erase: deleted rows are overwritten (secure_delete) and each file's
+            # write-ahead log truncated, so no copy stays on disk.
             removed: dict[str, int] = {}
+            truncated = []
             db = settings.resolved_sqlite_path()
             if settings.store != "sqlite" or db.exists():  # opening would create an empty one
                 store = open_store(settings)
                 try:
                     removed = store.erase_subject(subject)
+                    truncated.append(store.truncate_wal())
                 finally:
                     store.close()
             alert_rows = 0
             if settings.resolved_alerts_path().exists():
                 with contextlib.closing(AlertDB(settings.resolved_alerts_path())) as alerts:
                     alert_rows = alerts.erase_subject(subject)
+                    truncated.append(alerts.truncate_wal())
             grants = keys.forget_subject(subject)
-            detail.append(f"erased: {removed}, {alert_rows} alert rows, {grants} grants")
+            truncated.append(keys.truncate_wal())
+            detail.append(f"erased: {removed}, {alert_rows} alert rows, {grants} grants"
+                          + ("" if all(truncated) else "; write-ahead log not truncated yet"))
     finally:
         lock.release()
     print(json.dumps({"subject_id": subject, "removed": removed, "alert_rows": alert_rows,
-                      "grants": grants}))
+                      "grants": grants, "wal_truncated": all(truncated)}))
     if not any(removed.values()) and not alert_rows and not grants:
         err_console.print(f"nothing of subject {subject!r} was found in {settings.data_dir}",
                           highlight=False, soft_wrap=True)
@@ -346,18 +365,59 @@ def subjects_erase(
 
 @audit_app.command("verify")
 def audit_verify(data_dir: DataDir = None) -> None:
-    """Check the audit log's hash chain; exit code 1 at the first tampered entry."""
-    from wearemo.api.audit import AuditLog
+    """Check the audit log's keyed chain; exit code 1 at the first tampered entry (or when
+    the log is still in the old unkeyed format), 2 when the audit key is missing."""
+    from wearemo.api.audit import AuditKeyError, AuditLog
+    from wearemo.api.auth import load_audit_key
 
-    with AuditLog(_auth_path(data_dir)) as log:
-        report = log.verify()
+    settings = _auth_settings(data_dir)
+    try:
+        key, _ = load_audit_key(settings)  # never made here: a new key verifies nothing
+    except ValueError as exc:
+        console.print(f"[red]audit key:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    with AuditLog(settings.resolved_auth_path(), key=key) as log:
+        try:
+            report = log.verify()
+        except AuditKeyError as exc:
+            console.print(f"[red]audit log:[/red] {exc}: set WEAREMO_AUDIT_KEY or restore "
+                          "data_dir/audit.key", highlight=False)
+            raise typer.Exit(2) from exc
+    if report.ok and report.unkeyed:
+        console.print(f"[red]audit log unkeyed:[/red] its {report.entries} entries are in the "
+                      "old format (a plain SHA-256 chain, intact), which anyone who can write "
+                      "the file can recompute after deleting entries. Seal it under a key: "
+                      "`wearemo audit migrate` (or start the service once)", highlight=False)
+        raise typer.Exit(1)
     if report.ok:
-        console.print(f"audit log intact: {report.entries} entries, head {report.head_sha256}",
-                      highlight=False)
+        keyed = (f", keyed from entry {report.keyed_from_seq}"
+                 if report.keyed_from_seq and report.keyed_from_seq > 1 else "")
+        console.print(f"audit log intact: {report.entries} entries{keyed}, head "
+                      f"{report.head_sha256}", highlight=False)
         return
     console.print(f"[red]audit log tampered[/red] at entry {report.broken_seq}: "
-                  f"{report.reason} ({report.entries} entries before it intact)")
+                  f"{report.reason} ({report.entries} entries before it intact)",
+                  highlight=False)
     raise typer.Exit(1)
+
+
+@audit_app.command("migrate")
+def audit_migrate(
+    accept_broken: Annotated[bool, typer.Option(
+        help="Seal an old log whose unkeyed chain is already broken, as it is.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Seal a log of an older release (unkeyed SHA-256 chain) under the audit key, after
+    checking its chain; the service does this itself when it generates the key."""
+    with _open_audit(data_dir, migrate=True, accept_broken=accept_broken) as log:
+        sealed = log.sealed
+        n, _ = log.counts()
+    if sealed is None:
+        console.print(f"nothing to migrate: the audit log ({n} entries) is already keyed or "
+                      "empty")
+        return
+    console.print(f"sealed {sealed.seq - 1} entries of the old unkeyed chain under the audit "
+                  f"key (entry {sealed.seq}: {sealed.detail})", highlight=False)
 
 
 @audit_app.command("show")
@@ -369,7 +429,7 @@ def audit_show(subject: Annotated[str | None, typer.Option(help="Only this subje
 
     from wearemo.api.audit import AuditLog
 
-    with AuditLog(_auth_path(data_dir)) as log:
+    with AuditLog(_auth_path(data_dir)) as log:  # reading needs no key
         for e in log.entries(after_seq=after, subject_id=subject, limit=limit):
             print(json.dumps(asdict(e)))
 
@@ -400,12 +460,11 @@ def _demo_keys(data_dir: Path, subjects: list[str], *, per_subject: bool
     """Keys of the demo, created offline in its data dir: device keys for the bridges (one
     for all subjects, or one per subject) and a reader key on a cohort of them for the live
     table. Returns (device keys, reader key)."""
-    from wearemo.api.audit import AuditEntry, AuditLog
+    from wearemo.api.audit import AuditEntry
     from wearemo.api.keystore import KeyStore
-    from wearemo.settings import Settings
 
-    path = Settings(data_dir=data_dir).resolved_auth_path()
-    with KeyStore(path) as keys, AuditLog(path) as log:
+    path = _auth_path(data_dir)
+    with KeyStore(path) as keys, _open_audit(data_dir) as log:
         groups = [[s] for s in subjects] if per_subject else [subjects]
         devices = [keys.create_key("device", subjects=g, name="demo bridge") for g in groups]
         keys.create_cohort("demo", subjects=subjects)
@@ -872,6 +931,7 @@ def export(
     from wearemo.settings import Settings
     from wearemo.store import open_store
     from wearemo.store.export import EXPORT_FORMATS, EXPORT_KINDS, export_stream
+    from wearemo.store.private import private_dir, private_file
 
     settings = Settings(data_dir=data_dir)
     db = settings.resolved_sqlite_path()
@@ -900,11 +960,11 @@ def export(
         if missing:
             raise typer.BadParameter(f"unknown subject(s) {', '.join(missing)}",
                                      param_hint="--subject")
-        out.mkdir(parents=True, exist_ok=True)
+        private_dir(out)  # health data: owner-only, like the store it comes from
         for k in kinds:
             path = out / f"{k}.{fmt}"
             tmp = path.with_suffix(path.suffix + ".part")  # never a half-written file at path
-            with tmp.open("wb") as f:
+            with private_file(tmp).open("wb") as f:
                 for chunk in export_stream(store, subjects, k, fmt,  # type: ignore[arg-type]
                                            start_ns=span[0], end_ns=span[1]):
                     f.write(chunk)

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings", "secret_weakness"]
@@ -107,6 +107,10 @@ class Settings(BaseSettings):
         Ingest refuses (HTTP 422) a batch with a sample older than this many days before the
         server clock (a clock reset to 1970 or 2000); ``None`` turns the bound off. Default
         3650 days.
+    body_timeout_s, body_min_bytes_per_s
+        A request body must arrive within ``body_timeout_s`` plus one second per
+        ``body_min_bytes_per_s`` bytes received; a slower client (e.g. one sending a byte at a
+        time to hold connections open) gets HTTP 408 and the connection is closed.
     processing
         ``"inline"``: ``POST /v1/ingest`` answers after its batches went through features
         and model (the response counts windows and states). ``"background"``: it answers once
@@ -164,6 +168,19 @@ class Settings(BaseSettings):
     auth_path
         SQLite file of API keys, cohorts and the audit log; defaults to
         ``data_dir / "auth.sqlite3"`` (independent of the state store).
+    auth_recheck_interval_s
+        How often the API looks for key and grant changes made by another process (the CLI,
+        or an edit of the key file), seconds; open connections of a key revoked that way end
+        within about this long. Changes made through the API apply at once, without polling.
+    audit_key
+        The HMAC key of the audit log's chain (``WEAREMO_AUDIT_KEY``); weak values are
+        refused. When unset, one is generated into ``data_dir / "audit.key"`` (mode 0600).
+        Never stored in the database: without it, entries cannot be rewritten unnoticed.
+    audit_refusal_interval_s, audit_refusal_buckets
+        Refused requests (no or bad key, missing scope, subject outside the grant) are
+        audited as one entry per (reason, key, client, route) and interval, plus one entry
+        with the count of the rest; at most ``audit_refusal_buckets`` such kinds per interval,
+        beyond which all share one entry.
     """
 
     # env_parse_none_str: `WEAREMO_INGEST_MAX_AHEAD_S=null` turns an optional bound off.
@@ -188,6 +205,8 @@ class Settings(BaseSettings):
     max_batches_per_request: int = Field(default=1000, ge=1)
     ingest_max_ahead_s: float | None = Field(default=300.0, ge=0)
     ingest_max_age_days: float | None = Field(default=3650.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    body_min_bytes_per_s: float = Field(default=5000.0, gt=0)
     processing: Literal["inline", "background"] = "inline"
     processing_workers: int = Field(default=1, ge=1, le=64)
     max_pending_samples: int = Field(default=5_000_000, ge=1)
@@ -234,18 +253,24 @@ class Settings(BaseSettings):
 
     admin_key: SecretStr | None = None
     auth_path: Path | None = None
+    auth_recheck_interval_s: float = Field(default=1.0, gt=0)
+    audit_key: SecretStr | None = None
+    audit_refusal_interval_s: float = Field(default=60.0, gt=0)
+    audit_refusal_buckets: int = Field(default=100, ge=1, le=100_000)
 
-    @field_validator("admin_key")
+    @field_validator("admin_key", "audit_key")
     @classmethod
-    def _refuse_weak_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+    def _refuse_weak_secret(cls, value: SecretStr | None, info: ValidationInfo
+                            ) -> SecretStr | None:
         if value is None:
             return None
         why = secret_weakness(value.get_secret_value())
         if why is not None:
+            name = str(info.field_name)
             raise ValueError(
-                f"WEAREMO_ADMIN_KEY is refused: {why}. Use a random value, e.g. "
+                f"WEAREMO_{name.upper()} is refused: {why}. Use a random value, e.g. "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`, or leave it "
-                "unset to have one generated into data_dir/admin.key"
+                f"unset to have one generated into data_dir/{name.removesuffix('_key')}.key"
             )
         return value
 

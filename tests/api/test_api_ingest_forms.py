@@ -166,6 +166,11 @@ def test_websocket_ingest_answers_every_message_and_survives_errors(
         assert third["status"] == 422 and third["detail"][0]["field"] == "batches.0.unit"
         ws.send("{not json")
         assert json.loads(ws.recv(timeout=60))["detail"][0]["field"] == "body"
+        for deep in ("[" * 100_000, b"\x91" * 100_000):  # JSON text, msgpack binary
+            ws.send(deep)  # answered like any bad body; the connection stays open
+            answer = json.loads(ws.recv(timeout=60))
+            assert answer["status"] == 422, answer
+            assert "nested too deeply" in answer["detail"][0]["msg"]
         ws.send(json.dumps(body(batches[:2])))  # a retry after a lost ack
         fifth = json.loads(ws.recv(timeout=60))
         assert fifth["status"] == 200 and fifth["duplicates"] == 2

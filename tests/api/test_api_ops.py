@@ -107,7 +107,7 @@ def test_json_access_log_line(client: httpx.Client) -> None:
               and x["logger"] == "wearemo.access"]
     assert line["method"] == "POST" and line["route"] == "/v1/ingest"
     assert line["status"] == 200 and line["duration_ms"] > 0 and line["level"] == "INFO"
-    assert line["key_id"] is None and line["time"]  # the hook for API keys, none yet
+    assert line["key_id"] == "bootstrap-admin" and line["time"]  # the key that was used
     [rule_line] = [x for x in lines if x.get("request_id") == "req-rule"]
     assert rule_line["route"] == "/v1/subjects/{subject_id}/alerts/rules"
     assert rule_line["status"] == 201

@@ -65,6 +65,13 @@ def post_raw(content: bytes, ctype: str, key: str = "admin") -> Callable[..., ht
         "Content-Type": ctype, **bearer(keys[key])})
 
 
+def post_to(path: str, content: bytes, ctype: str = "application/json",
+            ) -> Callable[..., httpx.Response]:
+    """A raw body to an endpoint whose JSON body FastAPI itself parses."""
+    return lambda c, keys: c.post(path, content=content, headers={
+        "Content-Type": ctype, **bearer(keys["admin"])})
+
+
 def get(path: str, key: str | None = "admin") -> Callable[..., httpx.Response]:
     if key is None:  # a fresh client: the fixture's sends the admin key by default
         return lambda c, keys: httpx.get(str(c.base_url.join(path)), timeout=30)
@@ -75,6 +82,9 @@ _TS = [T0 + (END_S + 1000) * S + k * S for k in range(4)]
 # json.dumps writes float("nan") as the bare literal NaN, as some clients do.
 _NAN_JSON = json.dumps({"batches": [later("nanj", values=[3.0, float("nan")])]}).encode()
 _HUGE = b'{"batches": [{"batch_id": "huge", "values": [' + b"0," * (10**7 - 1) + b"0]}]}"
+_DEEP = 100_000  # levels of nesting: the decoders recurse, so this must stop early and cleanly
+_DEEP_VALUES = json.dumps({"batches": [later("deep", values=[])]}).replace(
+    '"values": []', '"values": ' + "[" * _DEEP + "]" * _DEEP).encode()
 
 CASES = [
     Case("json NaN literal", 422, "values[1]: not a finite number", post_raw(
@@ -103,6 +113,22 @@ CASES = [
     Case("not JSON", 422, "invalid JSON", post_raw(b"{batches:", "application/json")),
     Case("not msgpack", 422, "invalid msgpack", post_raw(b"\xc1", "application/msgpack")),
     Case("unsupported type", 415, "Content-Type", post_raw(b"a,b", "text/csv")),
+    Case("100,000 open brackets", 422, "nested too deeply", post_raw(
+        b"[" * _DEEP, "application/json")),
+    Case("100,000 nested arrays", 422, "nested too deeply", post_raw(
+        b"[" * _DEEP + b"]" * _DEEP, "application/json")),
+    Case("values nested 100,000 deep", 422, "nested too deeply", post_raw(
+        _DEEP_VALUES, "application/json")),
+    Case("100,000 nested objects", 422, "nested too deeply", post_raw(
+        b'{"a":' * _DEEP + b"1" + b"}" * _DEEP, "application/json")),
+    Case("msgpack nested 100,000 deep", 422, "nested too deeply", post_raw(
+        b"\x91" * _DEEP + b"\x90", "application/msgpack")),
+    Case("msgpack batches nested deep", 422, "nested too deeply", post_raw(
+        b"\x81\xa7batches" + b"\x91" * _DEEP + b"\x90", "application/msgpack")),
+    Case("deep JSON to a FastAPI-parsed body", 422, "nested too deeply", post_to(
+        "/v1/admin/keys", b"[" * _DEEP + b"]" * _DEEP)),
+    Case("deep JSON to alert rules", 422, "nested too deeply", post_to(
+        f"/v1/subjects/{GOOD}/alerts/rules", b'{"kind":' * _DEEP)),
     Case("duplicate timestamps", 422, "timestamps_ns[2]: duplicate", post_json([later(
         "t0", rate_hz=None, timestamps_ns=[_TS[0], _TS[1], _TS[1], _TS[2]], values=[1.0] * 4)])),
     Case("out-of-order timestamps", 422, "timestamps_ns[2]: out-of-order", post_json([later(

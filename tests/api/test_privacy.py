@@ -1,8 +1,9 @@
 """Privacy over real HTTP: erasure of a subject everywhere, and the retention policy.
 
-Erasure is verified by querying afterwards: through every read endpoint, and in the service's
-SQLite files themselves (any table with a ``subject_id`` column), while another subject's data
-stays exactly as it was.
+Erasure is verified by querying afterwards: through every read endpoint, in the service's
+SQLite files themselves (any table with a ``subject_id`` column), and byte by byte in every
+database file and its write-ahead log and shared-memory index (``*-wal``, ``*-shm``) while the
+server still runs, while another subject's data stays exactly as it was.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+import httpx
+import numpy as np
 from api_support import (
     admin_client,
     bearer,
@@ -50,6 +55,38 @@ def _rows_of(db: Path, subject: str) -> dict[str, int]:
                 if n:
                     out[t] = n
     return out
+
+
+def _value_needles(erased: list[SampleBatch], kept: list[SampleBatch]) -> np.ndarray:
+    """The erased samples as stored (little-endian float64 bit patterns), minus any value the
+    kept data shares (e.g. a constant), so a hit can only be a leftover of the erased data."""
+    def bits(batches: list[SampleBatch]) -> np.ndarray:
+        values = np.concatenate([np.asarray(b.values, dtype="<f8").ravel() for b in batches])
+        return values.view("<u8")
+    return np.setdiff1d(bits(erased), bits(kept))
+
+
+def _db_files(data: Path) -> list[Path]:
+    files = [p for p in sorted(data.rglob("*"))
+             if p.is_file() and p.name.endswith((".sqlite3", ".sqlite3-wal", ".sqlite3-shm"))]
+    assert any(p.name.endswith("-wal") for p in files), "the server runs: WAL files exist"
+    return files
+
+
+def _leftovers(files: Iterable[Path], values: np.ndarray, text: bytes | None) -> dict[str, str]:
+    """Per file: how many of ``values`` (at any byte offset) and of ``text`` it still holds."""
+    found = {}
+    for path in files:
+        raw = path.read_bytes()
+        hits = 0
+        for offset in range(min(8, len(raw))):  # a blob starts anywhere in a page
+            words = np.frombuffer(raw, dtype="<u8", count=(len(raw) - offset) // 8,
+                                  offset=offset)
+            hits += int(np.isin(words, values).sum())
+        copies = raw.count(text) if text is not None else 0
+        if hits or copies:
+            found[path.name] = f"{hits} values" + (f", {copies} ids" if text else "")
+    return found
 
 
 def _snapshot(c, subject: str) -> tuple[object, object, object]:
@@ -93,6 +130,16 @@ def test_erasure_removes_a_subject_everywhere_and_nothing_else(tmp_path: Path) -
         for db in sorted(data.glob("*.sqlite3")):
             rows = _rows_of(db, "gone1")
             assert set(rows) <= {"audit"}, (db.name, rows)
+        # Not even as bytes: deleted rows leave no copy in free pages or the write-ahead log
+        # (secure_delete, then a checkpoint that truncates the WAL). The audit log (auth.*)
+        # keeps the id of the erasure by design, so only the values are looked for there.
+        files = _db_files(data)
+        needles = _value_needles(gone, kept)
+        assert len(needles) > 10_000
+        assert _leftovers([f for f in files if not f.name.startswith("auth.")], needles,
+                          b"gone1") == {}
+        assert _leftovers([f for f in files if f.name.startswith("auth.")], needles, None) == {}
+        assert erased["wal_truncated"] is True
         audit = c.get("/v1/admin/audit", params={"subject_id": "gone1", "limit": 1000}).json()
         assert any(e["action"] == "DELETE /v1/admin/subjects/{subject_id}" and e["outcome"] == 200
                    for e in audit)
@@ -117,7 +164,8 @@ def _shifted(batches: list[SampleBatch], start_ns: int) -> list[SampleBatch]:
 def test_retention_deletes_old_data_and_keeps_recent_data(tmp_path: Path) -> None:
     now_s = time.time_ns() // 10**9
     recent = _shifted(sim_batches("new1", 120), (now_s - 600) // 5 * 5 * 10**9)
-    old = sim_batches("old1", 120)  # November 2023: far older than the 30-day policy
+    # November 2023: far older than the 30-day policy; other values than ``recent``'s
+    old = sim_batches("old1", 120, seed=7)
     with serve(settings_for(tmp_path / "nopolicy")) as url, admin_client(url) as c:
         r = c.post("/v1/admin/retention")
         assert r.status_code == 409 and "WEAREMO_RETENTION_DAYS" in r.json()["detail"]
@@ -135,6 +183,11 @@ def test_retention_deletes_old_data_and_keeps_recent_data(tmp_path: Path) -> Non
         assert out["removed"]["samples"] == sum(len(b.values) for b in old)
         assert c.get("/v1/subjects/old1").status_code == 404
         assert _snapshot(c, "new1") == before_recent
+        # Nothing of the purged samples is left on disk either, WAL included.
+        needles = _value_needles(old, recent)
+        assert len(needles) > 5_000
+        assert _leftovers(_db_files(tmp_path / "d"), needles, None) == {}
+        assert out["wal_truncated"] is True
         again = c.post("/v1/admin/retention").json()["removed"]
         assert not any(again.values())
     # The policy also runs by itself at start: old data uploaded earlier is gone on restart.
@@ -154,6 +207,29 @@ def test_admin_key_is_needed_for_privacy_endpoints(tmp_path: Path) -> None:
         for method, path in (("DELETE", "/v1/admin/subjects/s1"), ("POST", "/v1/admin/retention")):
             assert c.request(method, path, headers={"Authorization": ""}).status_code == 401
             assert c.request(method, path, headers=bearer(reader)).status_code == 403
+
+
+def test_service_files_are_owner_only(tmp_path: Path) -> None:
+    """Under umask 022 (SQLite alone then creates 0644 files), everything the running service
+    created is owner-only: the data dir and its parents 0700, the databases with their -wal and
+    -shm files and the generated admin key 0600."""
+    old = os.umask(0o022)
+    try:
+        data = tmp_path / "srv" / "var" / "data"
+        with serve(settings_for(data, admin_key=None)) as url:
+            key = (data / "admin.key").read_text().strip()
+            with httpx.Client(base_url=url, timeout=30, headers=bearer(key)) as c:
+                _ingest(c, sim_batches("own1", 60))
+                rule = {"kind": "no_data", "url": "http://127.0.0.1:9/hook", "duration_s": 60}
+                assert c.post("/v1/subjects/own1/alerts/rules", json=rule).status_code == 201
+                made = sorted((tmp_path / "srv").rglob("*"))
+                names = {p.name for p in made}
+                assert {"admin.key", "wearemo.sqlite3-wal", "alerts.sqlite3-shm",
+                        "auth.sqlite3-wal"} <= names, names
+                assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {
+                    str(p): "0o700" if p.is_dir() else "0o600" for p in made}
+    finally:
+        os.umask(old)
 
 
 def _erase_cli(data: Path, subject: str) -> subprocess.CompletedProcess[str]:
@@ -196,6 +272,7 @@ def test_cli_erase_works_offline_and_refuses_while_a_service_runs(tmp_path: Path
     assert out["removed"]["batches"] == len(gone) and out["removed"]["windows"] > 0
     assert out["removed"]["samples"] == sum(len(b.values) for b in gone)
     assert out["alert_rows"] >= 1 and out["grants"] == 2  # cohort + device grant
+    assert out["wal_truncated"] is True
     for db in sorted(data.glob("*.sqlite3")):
         rows = _rows_of(db, "gone2")
         assert set(rows) <= {"audit"}, (db.name, rows)

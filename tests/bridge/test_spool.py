@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -143,3 +145,18 @@ def test_cursors_commit_with_their_batches(tmp_path: Path) -> None:
         assert sp.cursors("d")["eda"] == 5
     with Spool(path) as sp:  # durable with the batches
         assert sp.cursors("d") == {"eda": 5, "hr": 10**9} and sp.cursors("other") == {"eda": 1}
+
+
+def test_spool_files_are_owner_only(tmp_path: Path) -> None:
+    """The spool holds a wearer's samples: 0700 directories, 0600 database, WAL and SHM,
+    under the common umask 022 (with which SQLite alone creates 0644 files)."""
+    old = os.umask(0o022)
+    try:
+        with Spool(tmp_path / "bridge" / "spool" / "s.db") as sp:
+            sp.put([_batch(i) for i in range(3)])
+            files = sorted(p for p in (tmp_path / "bridge").rglob("*"))
+            assert {p.name for p in files} >= {"spool", "s.db", "s.db-wal", "s.db-shm"}
+            assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {
+                p.name: "0o700" if p.is_dir() else "0o600" for p in files}
+    finally:
+        os.umask(old)

@@ -21,7 +21,6 @@ True
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from wearemo.alerts.rules import NoDataTrack, RuleSpec, StressTrack
-from wearemo.store.sqlite import connect_wal
+from wearemo.store.sqlite import connect_wal, truncate_wal
 
 __all__ = ["AlertDB", "AlertRecord", "Attempt", "Delivery", "NewDelivery", "RuleRecord"]
 
@@ -182,12 +181,8 @@ class AlertDB:
     """
 
     def __init__(self, path: str | Path) -> None:
-        if str(path) != ":memory:":
-            p = Path(path)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            if not p.exists():  # secrets live here: owner-only from the start
-                os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
         self._lock = threading.Lock()
+        # owner-only from the start (connect_wal): rule secrets and webhook bodies live here
         self._db = connect_wal(path, timeout_s=5.0)  # sqlite3's default busy timeout
         self._db.executescript(_SCHEMA)
 
@@ -270,6 +265,17 @@ class AlertDB:
                 n += db.execute(f"DELETE FROM {table} WHERE subject_id = ?",
                                 (subject_id,)).rowcount
         return n
+
+    def truncate_wal(self) -> bool:
+        """Empty the write-ahead log, so erased rows leave no copy on disk
+        (:func:`~wearemo.store.sqlite.truncate_wal`).
+
+        Example
+        -------
+        >>> AlertDB(":memory:").truncate_wal()
+        True
+        """
+        return truncate_wal(self._db, lock=self._lock)
 
     def rule(self, rule_id: str) -> RuleRecord | None:
         """One rule, or ``None``."""

@@ -69,7 +69,9 @@ class RuleSpec(BaseModel):
     """
 
     # Strict numbers and flags: lax mode took false as 0 s and 0 as "disabled".
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"kind": "stress_sustained", "url": "https://alerts.example.org/wearemo",
+         "threshold": 0.8, "duration_s": 600.0, "cooldown_s": 1800.0}]})
 
     kind: RuleKind
     url: HttpUrl = Field(description="Webhook target; http or https only.")

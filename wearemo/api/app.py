@@ -1,12 +1,13 @@
 """The FastAPI application: ``create_app()`` builds it, the lifespan builds its resources.
 
 Run it with ``wearemo serve`` or ``uvicorn --factory wearemo.api.app:create_app`` (settings
-from ``WEAREMO_*`` environment variables). OpenAPI docs are served at ``/docs``.
+from ``WEAREMO_*`` environment variables). OpenAPI docs are served at ``/docs`` (Swagger UI)
+and ``/redoc``, with their assets from this server: they work offline.
 
 Example
 -------
 >>> app = create_app(Settings(data_dir="/tmp/wearemo-doc"))
->>> sorted(p for p in app.openapi()["paths"] if p.startswith("/v1"))[:2]
+>>> sorted(p for p in app.openapi()["paths"] if p.startswith("/v1/ingest"))
 ['/v1/ingest', '/v1/ingest/lag']
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,16 +23,17 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wearemo.alerts import AlertDB, AlertEngine, Dispatcher, RetryPolicy
-from wearemo.api.audit import AuditLog, AuditMiddleware
-from wearemo.api.auth import load_admin_key
+from wearemo.api.audit import AuditLog, AuditMiddleware, open_audit_log
+from wearemo.api.auth import Authenticator, load_admin_key
 from wearemo.api.deps import AppState, Resources
 from wearemo.api.errors import on_http_error, on_store_unavailable, on_validation_error
 from wearemo.api.keystore import KeyStore
-from wearemo.api.limits import BodySizeLimit, RateLimiter
+from wearemo.api.limits import BodyReadTimeout, BodySizeLimit, RateLimiter
 from wearemo.api.live import LiveHub
 from wearemo.api.observe import RequestObserver
 from wearemo.api.routes import (
@@ -54,11 +55,15 @@ from wearemo.pipeline import Pipeline
 from wearemo.settings import Settings, get_settings
 from wearemo.store import StateStore, StoreUnavailableError, open_store
 from wearemo.store.lock import DataDirLock
+from wearemo.store.private import private_dir
 from wearemo.store.retention import apply_retention
 
-__all__ = ["create_app"]
+__all__ = ["DOCS_ASSETS", "create_app"]
 
 log = logging.getLogger(__name__)
+
+#: Where the API docs' own scripts, styles and icon are served (no CDN).
+DOCS_ASSETS = "/docs-assets"
 
 def _version() -> str:
     try:
@@ -77,6 +82,16 @@ async def _retention_loop(store: StateStore, cfg: Settings) -> None:
         except Exception:  # a store outage must not end the policy: try again next time
             log.exception("retention run failed; retrying in %.0f s", cfg.retention_interval_s)
         await asyncio.sleep(cfg.retention_interval_s)
+
+
+async def _audit_flush_loop(audit: AuditLog, interval_s: float) -> None:
+    """Write the counts of refused requests once their interval is over."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await run_in_threadpool(audit.flush_refusals)
+        except Exception:  # logged; the counts stay pending and are written next time
+            log.exception("audit: could not write the refusal counts")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -112,7 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     raise ValueError(f"WEAREMO_{setting.upper()}={path}: model {m.version} has "
                                      f"target {m.target!r}, expected one of {targets}")
                 extra.append(m)
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.data_dir)  # 0700: health data and secrets live here
         # Held while serving: offline changes (`wearemo subjects erase`) refuse to run under it.
         dir_lock = await run_in_threadpool(DataDirLock(cfg.data_dir).acquire_shared)
         store = await run_in_threadpool(open_store, cfg)
@@ -155,11 +170,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         admin_key = await run_in_threadpool(load_admin_key, cfg)
         keys = await run_in_threadpool(KeyStore, cfg.resolved_auth_path())
-        audit = await run_in_threadpool(AuditLog, cfg.resolved_auth_path())
+        # Refuses to start on a wrong or lost audit key, or an older log needing migration.
+        audit = await run_in_threadpool(open_audit_log, cfg)
+        auth = Authenticator(keys, admin_key)
+        auth.bind(asyncio.get_running_loop())
+        # Changes through this process notify at once; this catches the CLI's.
+        watching = asyncio.create_task(auth.watch_store(cfg.auth_recheck_interval_s),
+                                       name="wearemo-key-changes")
+        flushing = asyncio.create_task(_audit_flush_loop(audit, cfg.audit_refusal_interval_s),
+                                       name="wearemo-audit-refusals")
         resources = Resources(
             settings=cfg, store=store, model=model, pipeline=pipeline, live=hub, keys=keys,
-            audit=audit, admin_key_sha256=hashlib.sha256(admin_key.encode()).digest(),
-            limiter=limiter,
+            audit=audit, auth=auth, limiter=limiter,
         )
         # Move everything built so far (the model above all) out of the garbage collector's
         # reach: otherwise each full collection walks it again, and ingest allocates enough
@@ -176,26 +198,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(engine.stop)
             delivering.cancel()
             pruning.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruning
-            with contextlib.suppress(asyncio.CancelledError):
-                await delivering
+            watching.cancel()
+            flushing.cancel()
+            for task in (pruning, delivering, watching, flushing):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            auth.close()
             alert_db.close()
             store.close()
             keys.close()
-            audit.close()
+            audit.close()  # writes the pending refusal counts
             dir_lock.release()
 
-    app = FastAPI(
+    # /docs and /redoc with the Swagger UI and ReDoc files of the fastapi-offline package
+    # served from here: FastAPI's defaults load them from a CDN, which leaves the pages blank
+    # offline and on locked-down (e.g. hospital) networks. No validator badge either: it
+    # would send the schema's URL to an outside service.
+    app = FastAPIOffline(
         title="wearemo",
         version=_version(),
         summary="Wearable physiological streams to stress states.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StoreUnavailableError, on_store_unavailable)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_request_bytes)
+    app.add_middleware(BodyReadTimeout, timeout_s=cfg.body_timeout_s,
+                       min_bytes_per_s=cfg.body_min_bytes_per_s)
     app.add_middleware(AuditMiddleware)  # sees the status the client gets
     app.add_middleware(RequestObserver)  # added last: outermost, sees every answer
     app.include_router(health.router)

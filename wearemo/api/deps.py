@@ -20,8 +20,6 @@ Example
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 from typing import Annotated, TypedDict
 
@@ -31,7 +29,7 @@ from starlette.requests import HTTPConnection
 
 from wearemo.alerts import AlertEngine
 from wearemo.api.audit import STATE_KEY, AuditContext, AuditLog
-from wearemo.api.auth import BOOTSTRAP_KEY_ID, SCOPES, Principal
+from wearemo.api.auth import SCOPES, Authenticator, Principal
 from wearemo.api.keystore import KeyStore
 from wearemo.api.limits import RateLimiter
 from wearemo.api.live import LiveHub
@@ -47,6 +45,7 @@ __all__ = [
     "AlertsDep",
     "AppState",
     "AuditLogDep",
+    "AuthDep",
     "CalibratableSubject",
     "IngestPrincipal",
     "KeyStoreDep",
@@ -82,7 +81,7 @@ class Resources:
     live: LiveHub
     keys: KeyStore
     audit: AuditLog
-    admin_key_sha256: bytes
+    auth: Authenticator
 
 
 class AppState(TypedDict):
@@ -158,6 +157,11 @@ def get_keys(request: HTTPConnection) -> KeyStore:
     return get_resources(request).keys
 
 
+def get_auth(request: HTTPConnection) -> Authenticator:
+    """The app's authenticator (checks keys, keeps open connections' principals current)."""
+    return get_resources(request).auth
+
+
 def get_audit(request: HTTPConnection) -> AuditLog:
     """The app's audit log."""
     return get_resources(request).audit
@@ -165,6 +169,7 @@ def get_audit(request: HTTPConnection) -> AuditLog:
 
 KeyStoreDep = Annotated[KeyStore, Depends(get_keys)]
 AuditLogDep = Annotated[AuditLog, Depends(get_audit)]
+AuthDep = Annotated[Authenticator, Depends(get_auth)]
 
 _SCOPE_HELP = "; ".join(f"`{k}`: {v}" for k, v in SCOPES.items())
 _bearer = HTTPBearer(
@@ -217,29 +222,25 @@ def authenticate(
         ctx.touch(subject)
     key = bearer.credentials if bearer is not None else header_key
     if not key:
+        ctx.refusal = "missing API key"
         raise HTTPException(
             status_code=401,
             detail="missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
             headers={"WWW-Authenticate": _CHALLENGE},
         )
-    res = get_resources(request)
-    principal: Principal | None = None
-    if hmac.compare_digest(hashlib.sha256(key.encode()).digest(), res.admin_key_sha256):
-        principal = Principal(BOOTSTRAP_KEY_ID, "admin", None)
-    else:
-        info = res.keys.verify(key)
-        if info is not None:
-            principal = Principal(info.key_id, info.role, res.keys.grant(info))
+    principal = get_resources(request).auth.authenticate(key)
     if principal is None:
-        ctx.detail = "bad key"
+        ctx.refusal = "invalid API key"
         raise HTTPException(
             status_code=401,
             detail="invalid API key (malformed, unknown, expired or revoked)",
             headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
         )
     ctx.key_id, ctx.role = principal.key_id, principal.role
+    request.state.key_id = principal.key_id  # the access log line names the key (observe.py)
     missing = [s for s in security_scopes.scopes if not principal.may(s)]
     if missing:
+        ctx.refusal = "scope not held"
         raise HTTPException(
             status_code=403,
             detail=f"key {principal.key_id} ({principal.role}) lacks the scope "
@@ -266,8 +267,11 @@ def known_subject(
     :data:`CalibratableSubject`: ``baseline:write``). A subject outside the key's grant gets
     the same 404 as one that does not exist.
     """
-    audit_context(request).touch(subject_id)
-    if not principal.reaches(subject_id) or not store.has_subject(subject_id):
+    ctx = audit_context(request)
+    ctx.touch(subject_id)
+    if not principal.reaches(subject_id):
+        ctx.refusal = "subject not in the key's grant"  # the client sees a plain 404
+    if ctx.refusal is not None or not store.has_subject(subject_id):
         raise HTTPException(status_code=404, detail=f"unknown subject {subject_id!r}")
     return subject_id
 

@@ -32,7 +32,13 @@ from starlette.routing import BaseRoute, Match, Route
 from wearemo.samples import SampleBatch
 from wearemo.store.base import StoreUnavailableError
 
-__all__ = ["on_http_error", "on_store_unavailable", "on_validation_error", "validation_issues"]
+__all__ = [
+    "on_http_error",
+    "on_store_unavailable",
+    "on_validation_error",
+    "too_deep_message",
+    "validation_issues",
+]
 
 _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
 _FIELD_PREFIX = re.compile(r"^(?P<name>[a-z_]+)(?:\[(?P<index>\d+)\])?(?=[: ])")
@@ -147,6 +153,22 @@ async def on_store_unavailable(request: Request, exc: Exception) -> JSONResponse
     )
 
 
+def too_deep_message(form: str) -> str:
+    """The 422 message for a body nested deeper than its decoder recurses.
+
+    Python's JSON decoder recurses once per level and stops at the interpreter's recursion
+    limit (``RecursionError``), msgpack's at 1024 levels: the work is bounded either way, and
+    no wearemo request needs more than a few levels.
+
+    Example
+    -------
+    >>> too_deep_message("JSON")[:37]
+    'body: JSON nested too deeply to decod'
+    """
+    return (f"body: {form} nested too deeply to decode (arrays/objects hundreds of levels "
+            "deep; a wearemo request needs a few)")
+
+
 def _allowed_methods(routes: Sequence[BaseRoute], request: Request) -> list[str]:
     """Every method some route serves at the request's path."""
     methods: set[str] = set()
@@ -164,8 +186,9 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     * 405: Starlette names in ``Allow`` only the methods of the first route matching the path,
       but each method of a path is its own route here (``GET`` and ``PUT .../baseline``), so
       ``Allow`` is rebuilt from every route at the path (RFC 9110 15.5.6).
-    * A body FastAPI cannot decode (e.g. JSON that is not UTF-8) comes as a 400 with no field
-      named; it is answered like any other unparsable body: 422 naming ``body``.
+    * A body FastAPI cannot decode (e.g. JSON that is not UTF-8, or nested so deeply that the
+      decoder gives up with ``RecursionError``) comes as a 400 with no field named; it is
+      answered like any other unparsable body: 422 naming ``body``.
 
     Everything else is FastAPI's default answer.
     """
@@ -175,6 +198,10 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
         return JSONResponse(status_code=405, headers={"Allow": allow},
                             content={"detail": f"method {request.method} not allowed; "
                                      f"allowed: {allow}"})
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        return JSONResponse(status_code=422, content={"detail": [{
+            "type": "too_deep", "loc": ["body"], "field": "body",
+            "msg": too_deep_message("JSON")}]})
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
         # UnicodeDecodeError is a ValueError; FastAPI chains it ("raise ... from e").
         return JSONResponse(status_code=422, content={"detail": [{

@@ -10,6 +10,13 @@ Only the SHA-256 of the secret is stored; a presented key is checked by comparin
 constant time. A fast hash is enough: the secret has 256 bits of entropy, so there is nothing
 for a slow password hash to protect against.
 
+Every change to keys or grants, by this process, another one (the CLI) or a hand-edit of the
+file, bumps a *generation* counter that SQLite triggers keep in the file itself.
+:meth:`KeyStore.refresh` reads it (one row) and, when it moved, empties the cache of keys and
+grants and calls the listeners registered with :meth:`KeyStore.on_change`: that is how open
+connections learn that a key was revoked or a grant withdrawn. Changes made through this
+``KeyStore`` notify at once; changes from elsewhere when ``refresh`` next runs.
+
 Roles and grants:
 
 ``device``
@@ -37,18 +44,19 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
 from wearemo.samples import ID_PATTERN
-from wearemo.store.sqlite import connect_wal
+from wearemo.store.sqlite import connect_wal, truncate_wal
 
 __all__ = [
     "KEY_PREFIX",
     "CohortInfo",
     "CreatedKey",
+    "KeyAccess",
     "KeyInfo",
     "KeyStore",
     "KeyStoreError",
@@ -97,7 +105,24 @@ CREATE TABLE IF NOT EXISTS pseudonyms (
     subject_id TEXT PRIMARY KEY,
     minted_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS grant_generation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO grant_generation VALUES (1, 0);
 """
+
+# Triggers, not Python, bump the generation: a change by another process or by hand (sqlite3
+# on the file) counts too. A file written by an older release gets them when next opened.
+_SCHEMA += "".join(
+    f"CREATE TRIGGER IF NOT EXISTS {table}_changed_{op.lower()} AFTER {op} ON {table} "
+    "BEGIN UPDATE grant_generation SET n = n + 1; END;\n"
+    for table in ("keys", "key_subjects", "cohort_subjects", "cohort_grants")
+    for op in ("INSERT", "UPDATE", "DELETE")
+)
+
+#: Keys whose access is cached at most (the cache is emptied when it is full or on a change).
+_CACHE_MAX = 10_000
 
 
 class KeyStoreError(ValueError):
@@ -132,6 +157,14 @@ class KeyInfo:
         """Neither revoked nor expired at ``now_ns`` (default: now)."""
         now = time.time_ns() if now_ns is None else now_ns
         return self.revoked_ns is None and (self.expires_ns is None or now < self.expires_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAccess:
+    """A stored key and the subjects it reaches now (``grant`` None: every subject)."""
+
+    info: KeyInfo
+    grant: frozenset[str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +225,8 @@ class KeyStore:
     -----
     One connection shared by all threads behind a lock, WAL mode: a CLI on the same file
     (``wearemo keys create``) and a running API see each other's changes at once, so a
-    revocation takes effect on the next request.
+    revocation takes effect on the next request (:meth:`verify` refreshes first).
+    :meth:`access` answers from a cache, valid until the generation moves.
 
     Example
     -------
@@ -208,8 +242,67 @@ class KeyStore:
         self.path = path
         self._db = connect_wal(path, foreign_keys=True)
         self._lock = threading.Lock()
+        self._cache: dict[str, tuple[bytes, KeyAccess]] = {}
+        self._listeners: list[Callable[[int], None]] = []
         with self._lock:
             self._db.executescript(_SCHEMA)
+            self._generation = self._read_generation()
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def _read_generation(self) -> int:
+        row = self._db.execute("SELECT n FROM grant_generation WHERE id = 1").fetchone()
+        return int(row[0])
+
+    @property
+    def generation(self) -> int:
+        """The change counter as last read (no database access)."""
+        return self._generation
+
+    def on_change(self, listener: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``listener(generation)`` after every change seen; returns the unsubscribe.
+
+        Listeners run on the thread that saw the change (the one that made it, or the one
+        calling :meth:`refresh`), outside the store's lock; they must only hand off.
+
+        Example
+        -------
+        >>> ks = KeyStore(":memory:")
+        >>> seen = []
+        >>> stop = ks.on_change(seen.append)
+        >>> _ = ks.create_cohort("c1", subjects=["s1"])
+        >>> len(seen)
+        1
+        """
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def refresh(self) -> bool:
+        """Read the change counter; if keys or grants changed since, empty the cache and tell
+        the listeners. True when something changed. One single-row read.
+
+        Example
+        -------
+        >>> KeyStore(":memory:").refresh()
+        False
+        """
+        with self._lock:
+            generation = self._read_generation()
+            if generation == self._generation:
+                return False
+            self._generation = generation
+            self._cache.clear()
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(generation)
+        return True
 
     def close(self) -> None:
         """Close the database."""
@@ -280,6 +373,7 @@ class KeyStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        self.refresh()
         info = KeyInfo(key_id, role, name, now, expires_ns, None, tuple(sorted(set(subs))))
         return CreatedKey(info, f"{KEY_PREFIX}{key_id}_{secret}")
 
@@ -296,28 +390,89 @@ class KeyStore:
         if parsed is None:
             return None
         key_id, secret = parsed
-        with self._lock:
-            row = self._db.execute("SELECT secret_sha256 FROM keys WHERE key_id=?",
-                                   (key_id,)).fetchone()
+        self.refresh()  # a revocation by another process applies to this very request
+        cached = self._cached(key_id)
         # Compare digests in constant time; an unknown id still costs a comparison.
-        stored = row[0] if row is not None else b"\0" * 32
-        if not hmac.compare_digest(stored, _digest(secret)) or row is None:
+        stored = cached[0] if cached is not None else b"\0" * 32
+        if not hmac.compare_digest(stored, _digest(secret)) or cached is None:
             return None
-        info = self.key(key_id)
+        info = cached[1].info
         return info if info.active(now_ns) else None
+
+    def access(self, key_id: str) -> KeyAccess | None:
+        """The key ``key_id`` with its current grant, or None if no such key is stored.
+
+        Served from a cache that :meth:`refresh` empties when keys or grants change, so
+        re-checking an open connection's key on each message costs a dictionary lookup.
+        Revoked and expired keys are returned too (see :meth:`KeyInfo.active`).
+
+        Example
+        -------
+        >>> ks = KeyStore(":memory:")
+        >>> k = ks.create_key("device", subjects=["s01"]).info
+        >>> sorted(ks.access(k.key_id).grant), ks.access("0123456789ab") is None
+        (['s01'], True)
+        """
+        cached = self._cached(key_id)
+        return cached[1] if cached is not None else None
+
+    def peek(self, key_id: str) -> KeyAccess | None:
+        """:meth:`access` if it is cached and the store is not busy, else None (then ask
+        :meth:`access`). Never blocks: safe on an event loop.
+
+        Example
+        -------
+        >>> ks = KeyStore(":memory:")
+        >>> k = ks.create_key("device", subjects=["s01"]).info
+        >>> ks.peek(k.key_id) is None, ks.access(k.key_id) == ks.peek(k.key_id)
+        (True, True)
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            hit = self._cache.get(key_id)
+        finally:
+            self._lock.release()
+        return hit[1] if hit is not None else None
+
+    def _cached(self, key_id: str) -> tuple[bytes, KeyAccess] | None:
+        with self._lock:
+            hit = self._cache.get(key_id)
+            if hit is not None:
+                return hit
+            # One read transaction: the key, its grant and the generation they belong to.
+            self._db.execute("BEGIN")
+            try:
+                generation = self._read_generation()
+                row = self._db.execute("SELECT secret_sha256 FROM keys WHERE key_id=?",
+                                       (key_id,)).fetchone()
+                if row is None:
+                    return None  # not cached: made-up ids cannot fill the cache
+                info = self._read_key(key_id)
+                entry = (bytes(row[0]), KeyAccess(info, self._read_grant(info)))
+            finally:
+                self._db.execute("COMMIT")
+            if generation == self._generation:  # else a change is pending: do not keep it
+                if len(self._cache) >= _CACHE_MAX:
+                    self._cache.clear()
+                self._cache[key_id] = entry
+            return entry
 
     def key(self, key_id: str) -> KeyInfo:
         """The stored key ``key_id`` (UnknownError if none)."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT key_id, role, name, created_ns, expires_ns, revoked_ns FROM keys "
-                "WHERE key_id=?", (key_id,)).fetchone()
-            if row is None:
-                raise UnknownError(f"unknown key {key_id!r}")
-            subs = self._db.execute("SELECT subject_id FROM key_subjects WHERE key_id=? "
-                                    "ORDER BY subject_id", (key_id,)).fetchall()
-            cohorts = self._db.execute("SELECT cohort FROM cohort_grants WHERE key_id=? "
-                                       "ORDER BY cohort", (key_id,)).fetchall()
+            return self._read_key(key_id)
+
+    def _read_key(self, key_id: str) -> KeyInfo:
+        row = self._db.execute(
+            "SELECT key_id, role, name, created_ns, expires_ns, revoked_ns FROM keys "
+            "WHERE key_id=?", (key_id,)).fetchone()
+        if row is None:
+            raise UnknownError(f"unknown key {key_id!r}")
+        subs = self._db.execute("SELECT subject_id FROM key_subjects WHERE key_id=? "
+                                "ORDER BY subject_id", (key_id,)).fetchall()
+        cohorts = self._db.execute("SELECT cohort FROM cohort_grants WHERE key_id=? "
+                                   "ORDER BY cohort", (key_id,)).fetchall()
         kid, role, name, created, expires, revoked = row
         return KeyInfo(kid, role, name, created, expires, revoked,
                        subjects=tuple(s for (s,) in subs), cohorts=tuple(c for (c,) in cohorts))
@@ -335,6 +490,7 @@ class KeyStore:
             cur = self._db.execute(
                 "UPDATE keys SET revoked_ns = COALESCE(revoked_ns, ?) WHERE key_id=?",
                 (time.time_ns(), key_id))
+        self.refresh()
         if cur.rowcount == 0:
             raise UnknownError(f"unknown key {key_id!r}")
         return self.key(key_id)
@@ -344,16 +500,19 @@ class KeyStore:
 
         Read from the file on each call, so cohort changes apply to the next request.
         """
+        with self._lock:
+            return self._read_grant(key)
+
+    def _read_grant(self, key: KeyInfo) -> frozenset[str] | None:
         if key.role == "admin":
             return None
-        with self._lock:
-            if key.role == "device":
-                rows = self._db.execute("SELECT subject_id FROM key_subjects WHERE key_id=?",
-                                        (key.key_id,)).fetchall()
-            else:
-                rows = self._db.execute(
-                    "SELECT DISTINCT cs.subject_id FROM cohort_grants g JOIN cohort_subjects cs"
-                    " ON cs.cohort = g.cohort WHERE g.key_id=?", (key.key_id,)).fetchall()
+        if key.role == "device":
+            rows = self._db.execute("SELECT subject_id FROM key_subjects WHERE key_id=?",
+                                    (key.key_id,)).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT DISTINCT cs.subject_id FROM cohort_grants g JOIN cohort_subjects cs"
+                " ON cs.cohort = g.cohort WHERE g.key_id=?", (key.key_id,)).fetchall()
         return frozenset(s for (s,) in rows)
 
     # -- cohorts ---------------------------------------------------------------------------
@@ -375,6 +534,7 @@ class KeyStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        self.refresh()
         return self.cohort(name)
 
     def cohort(self, name: str) -> CohortInfo:
@@ -403,6 +563,7 @@ class KeyStore:
         with self._lock:
             self._db.executemany("INSERT OR IGNORE INTO cohort_subjects VALUES (?, ?)",
                                  [(cohort, s) for s in subs])
+        self.refresh()
         return self.cohort(cohort)
 
     def remove_subject(self, cohort: str, subject_id: str) -> CohortInfo:
@@ -411,6 +572,7 @@ class KeyStore:
         with self._lock:
             cur = self._db.execute("DELETE FROM cohort_subjects WHERE cohort=? AND subject_id=?",
                                    (cohort, subject_id))
+        self.refresh()
         if cur.rowcount == 0:
             raise UnknownError(f"subject {subject_id!r} is not in cohort {cohort!r}")
         return self.cohort(cohort)
@@ -425,12 +587,14 @@ class KeyStore:
         with self._lock:
             self._db.execute("INSERT OR IGNORE INTO cohort_grants VALUES (?, ?)",
                              (cohort, key_id))
+        self.refresh()
 
     def ungrant_cohort(self, cohort: str, key_id: str) -> None:
         """Withdraw a cohort from a reader key (UnknownError if it was not granted)."""
         with self._lock:
             cur = self._db.execute("DELETE FROM cohort_grants WHERE cohort=? AND key_id=?",
                                    (cohort, key_id))
+        self.refresh()
         if cur.rowcount == 0:
             raise UnknownError(f"cohort {cohort!r} is not granted to key {key_id!r}")
 
@@ -456,7 +620,19 @@ class KeyStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        self.refresh()
         return n
+
+    def truncate_wal(self) -> bool:
+        """Empty the write-ahead log, so forgotten grants leave no copy on disk
+        (:func:`~wearemo.store.sqlite.truncate_wal`).
+
+        Example
+        -------
+        >>> KeyStore(":memory:").truncate_wal()
+        True
+        """
+        return truncate_wal(self._db, lock=self._lock)
 
     # -- pseudonyms ------------------------------------------------------------------------
 

@@ -1,18 +1,22 @@
-"""Request limits: body size (HTTP 413) and per-client rates (HTTP 429).
+"""Request limits: body size (HTTP 413), body read time (HTTP 408) and per-client rates (429).
 
-:class:`BodySizeLimit` checks ``Content-Length`` and the bytes read. :class:`RateLimiter`
-keeps two token buckets per client (requests/s and samples/s); a refused request is answered
-429 with ``Retry-After`` before anything of it is stored.
+:class:`BodySizeLimit` checks ``Content-Length`` and the bytes read. :class:`BodyReadTimeout`
+cuts off clients that send a body too slowly (uvicorn has no read timeout while a request
+body arrives, so a client sending a byte now and then holds a connection for ever).
+:class:`RateLimiter` keeps two token buckets per client (requests/s and samples/s); a refused
+request is answered 429 with ``Retry-After`` before anything of it is stored.
 
 Example
 -------
 >>> from fastapi import FastAPI
 >>> app = FastAPI()
 >>> app.add_middleware(BodySizeLimit, max_bytes=1024)
+>>> app.add_middleware(BodyReadTimeout, timeout_s=30.0, min_bytes_per_s=5000.0)
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodySizeLimit", "RateLimiter", "TokenBucket", "retry_after"]
+__all__ = ["BodyReadTimeout", "BodySizeLimit", "RateLimiter", "TokenBucket", "retry_after"]
 
 #: Bytes of an oversize body still read (and discarded) before answering, so the client is
 #: not cut off mid-upload and actually sees the 413; beyond this the connection is dropped.
@@ -117,6 +121,100 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTimeoutError(Exception):
+    pass
+
+
+class BodyReadTimeout:
+    """ASGI middleware answering HTTP 408 (and closing the connection) to a slow request body.
+
+    The body must be complete within ``timeout_s`` of the request's start plus one second per
+    ``min_bytes_per_s`` bytes received so far: an upload at a usable rate is never cut off,
+    however large, while a client trickling bytes to hold connections open (slowloris) is,
+    after about ``timeout_s``. Reads after the body (waiting for a disconnect) are not timed.
+
+    Parameters
+    ----------
+    app
+        The wrapped ASGI app.
+    timeout_s
+        Time allowed for the body before any allowance for bytes received, seconds.
+    min_bytes_per_s
+        Slowest body rate allowed in the long run, bytes per second.
+
+    Example
+    -------
+    >>> from fastapi import FastAPI
+    >>> FastAPI().add_middleware(BodyReadTimeout, timeout_s=30.0, min_bytes_per_s=5000.0)
+    """
+
+    def __init__(self, app: ASGIApp, *, timeout_s: float, min_bytes_per_s: float) -> None:
+        if timeout_s <= 0 or min_bytes_per_s <= 0:
+            raise ValueError("timeout_s and min_bytes_per_s must be > 0")
+        self.app = app
+        self.timeout_s = timeout_s
+        self.min_bytes_per_s = min_bytes_per_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        received = 0
+        body_done = timed_out = response_started = False
+
+        async def timed_receive() -> Message:
+            nonlocal received, body_done, timed_out
+            if body_done:
+                return await receive()
+            deadline = start + self.timeout_s + received / self.min_bytes_per_s
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                timed_out = True
+                raise _BodyTimeoutError from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+            else:  # http.disconnect
+                body_done = True
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if timed_out:
+                return  # whatever the app answers to the aborted read, the answer is 408
+            if message["type"] == "http.response.start":
+                response_started = True
+                if not body_done:
+                    # Answered before its body was read (e.g. a GET with a body): the server
+                    # would otherwise keep taking the rest of it, untimed, on this connection.
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"connection", b"close")]}
+            await send(message)
+
+        with contextlib.suppress(_BodyTimeoutError):
+            await self.app(scope, timed_receive, guarded_send)
+        if timed_out and not response_started:
+            await _send_json(send, 408, {
+                "detail": f"request body too slow: {received} bytes in "
+                f"{loop.time() - start:.0f} s; the body must arrive within {self.timeout_s:g} s "
+                f"plus 1 s per {self.min_bytes_per_s:g} bytes (body_timeout_s, "
+                "body_min_bytes_per_s)"})
+
+
+async def _send_json(send: Send, status: int, content: dict[str, str]) -> None:
+    """A JSON answer that also closes the connection (the rest of the body is not read)."""
+    body = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(scope: Scope) -> int | None:

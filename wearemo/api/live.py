@@ -7,7 +7,8 @@ On the loop each state goes into the bounded queue of every :class:`LiveSubscrip
 subject. A client that lets its queue fill up (it reads slower than states arrive) is cut off:
 its subscription is marked overflowed and its queue is drained, so the endpoint serving it ends
 the connection with a close reason (:data:`SLOW_CLIENT_REASON`) instead of buffering without
-bound or holding the ingest back.
+bound or holding the ingest back. A subscription can also be ended from outside
+(:meth:`LiveSubscription.end`), e.g. when the key of the connection it serves is revoked.
 
 Example
 -------
@@ -34,7 +35,8 @@ from types import TracebackType
 
 from wearemo.model.state import StateEstimate
 
-__all__ = ["SLOW_CLIENT_REASON", "LiveHub", "LiveSubscription", "SlowClientError"]
+__all__ = ["SLOW_CLIENT_REASON", "LiveEndedError", "LiveHub", "LiveSubscription",
+           "SlowClientError"]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,20 @@ log = logging.getLogger(__name__)
 SLOW_CLIENT_REASON = "client too slow: {n} states queued unread; reconnect to resume"
 
 
-class SlowClientError(RuntimeError):
-    """The subscription's queue overflowed; the client must be disconnected."""
+class LiveEndedError(RuntimeError):
+    """The subscription was ended; ``code`` is the WebSocket close code to end it with."""
+
+    def __init__(self, reason: str, code: int) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class SlowClientError(LiveEndedError):
+    """The subscription's queue overflowed; the client must be disconnected (WebSocket close
+    code 1013, "try again later")."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, 1013)
 
 
 class LiveSubscription:
@@ -56,6 +70,7 @@ class LiveSubscription:
         self.subject_ids = subject_ids
         self.queue_size = queue_size
         self.overflowed = False
+        self._ended: LiveEndedError | None = None
         self._hub = hub
         self._queue: asyncio.Queue[StateEstimate | None] = asyncio.Queue()  # bounded by offer()
 
@@ -66,24 +81,37 @@ class LiveSubscription:
         delivery (one processing turn, which may score many windows at once) is never cut
         by its own size, so memory stays bounded by ``queue_size`` plus one delivery.
         """
-        if self.overflowed or not states:
+        if self._ended is not None or not states:
             return
         if self._queue.qsize() >= self.queue_size:
             self.overflowed = True
-            # Drop what is queued: the client is being cut off and will replay from the store
-            # when it reconnects; the sentinel wakes a reader blocked in get().
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(None)
+            # The client is being cut off and will replay from the store when it reconnects.
+            self._end(SlowClientError(SLOW_CLIENT_REASON.format(n=self.queue_size)))
             return
         for state in states:
             self._queue.put_nowait(state)
 
+    def end(self, reason: str, code: int) -> None:
+        """End the subscription (event loop only): :meth:`get` raises
+        :class:`LiveEndedError` with ``reason`` and ``code``; later states are dropped."""
+        if self._ended is None:
+            self._end(LiveEndedError(reason, code))
+
+    def _end(self, error: LiveEndedError) -> None:
+        self._ended = error
+        # Drop what is queued; the sentinel wakes a reader blocked in get().
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
     async def get(self) -> StateEstimate:
-        """The next state, oldest first; :class:`SlowClientError` once the queue overflowed."""
+        """The next state, oldest first; :class:`LiveEndedError` once the subscription ended
+        (:class:`SlowClientError` when its queue overflowed)."""
         state = await self._queue.get()
-        if state is None or self.overflowed:
-            raise SlowClientError(SLOW_CLIENT_REASON.format(n=self.queue_size))
+        if self._ended is not None:
+            raise self._ended
+        if state is None:  # only _end() queues the sentinel, so this cannot happen
+            raise LiveEndedError("live subscription ended", 1011)
         return state
 
     def close(self) -> None:

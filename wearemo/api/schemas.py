@@ -19,6 +19,7 @@ from wearemo.store.base import SubjectSummary
 
 __all__ = [
     "AUTH_ERRORS",
+    "INGEST_EXAMPLE",
     "AuditEntryOut",
     "AuditVerifyResponse",
     "BaselineRequest",
@@ -53,11 +54,28 @@ __all__ = [
 ]
 
 
+#: Request examples shown in /docs and published in the OpenAPI schema; each is valid and
+#: accepted by the API (tests/api/test_docs.py posts them). Times are multiples of 100 ms:
+#: larger unix-ns integers than 2**53 survive a browser's JSON (Swagger UI) only when they
+#: are multiples of 256.
+_T0_NS = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
+INGEST_EXAMPLE: dict[str, Any] = {"batches": [
+    {"batch_id": "e4-a01:eda:1700000000", "subject_id": "s01", "device_id": "e4-a01",
+     "channel": "eda", "start_ns": _T0_NS, "rate_hz": 4.0,
+     "values": [3.02, 3.05, 3.11, 3.08, 3.04, 3.01, 2.99, 3.0]},
+    {"batch_id": "h10-7:rr:1700000000", "subject_id": "s01", "device_id": "h10-7",
+     "channel": "rr", "start_ns": _T0_NS + 400_000_000,
+     "timestamps_ns": [_T0_NS + 400_000_000, _T0_NS + 1_200_000_000, _T0_NS + 2_000_000_000,
+                       _T0_NS + 2_900_000_000],
+     "values": [812.0, 800.0, 800.0, 900.0]},
+]}
+
+
 class IngestRequest(BaseModel):
     """``POST /v1/ingest`` body: batches processed in order (at most
     ``max_batches_per_request``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [INGEST_EXAMPLE]})
 
     batches: list[SampleBatch] = Field(min_length=1)
 
@@ -188,7 +206,8 @@ class BaselineRequest(BaseModel):
     the model's gate form the baseline.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"start": "2023-11-14T22:13:20Z", "end": "2023-11-14T22:18:20Z"}]})
 
     start: BodyTime
     end: BodyTime
@@ -285,7 +304,9 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 class KeyRequest(BaseModel):
     """``POST /v1/admin/keys`` body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"role": "device", "subjects": ["s01"], "name": "wristband of s01",
+         "expires_in_s": 31_536_000}]})
 
     role: Literal["device", "reader", "admin"]
     subjects: list[Identifier] = Field(
@@ -319,7 +340,8 @@ class CreatedKeyOut(KeyOut):
 class CohortRequest(BaseModel):
     """``POST /v1/admin/cohorts`` body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "trial-1", "subjects": ["s01", "s02"]}]})
 
     name: Identifier
     subjects: list[Identifier] = Field(default_factory=list, max_length=100_000)
@@ -328,7 +350,8 @@ class CohortRequest(BaseModel):
 class SubjectsRequest(BaseModel):
     """Subjects to add to a cohort."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"subjects": ["s03"]}]})
 
     subjects: list[Identifier] = Field(min_length=1, max_length=100_000)
 
@@ -345,7 +368,8 @@ class CohortOut(BaseModel):
 class MintRequest(BaseModel):
     """``POST /v1/admin/subjects`` body: how many pseudonymous ids to mint."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"count": 10, "cohort": "trial-1"}]})
 
     count: int = Field(1, ge=1, le=10_000)
     cohort: Identifier | None = Field(None, description="Add the new ids to this cohort.")
@@ -366,10 +390,16 @@ class AuditEntryOut(BaseModel):
     role: str | None
     action: str = Field(examples=["GET /v1/subjects/{subject_id}/states"])
     subject_id: str | None
-    outcome: int = Field(description="HTTP status of the answer (0: a CLI action).")
+    outcome: int = Field(description="HTTP status of the answer (0: a CLI action; 4401/4403: "
+                         "an open stream ended by a revocation or a withdrawn grant).")
     detail: str
     prev_sha256: str
-    sha256: str
+    sha256: str = Field(description="The entry's chain value: HMAC-SHA256 under the audit key "
+                        "(`keyed`), or plain SHA-256 for entries older than the keyed chain.")
+    client: str | None = Field(default=None, description="The caller's network address.")
+    count: int = Field(default=1, description="Requests the entry stands for: refused ones are "
+                       "aggregated per reason, key, client and route and interval.")
+    keyed: bool = True
 
 
 class AuditVerifyResponse(BaseModel):
@@ -381,6 +411,8 @@ class AuditVerifyResponse(BaseModel):
                              "detect entries cut off the end later.")
     broken_seq: int | None
     reason: str | None
+    keyed_from_seq: int | None = Field(default=None, description="First entry of the keyed "
+                                       "chain; older entries were sealed by it.")
 
 
 class ErasureResponse(BaseModel):
@@ -392,6 +424,10 @@ class ErasureResponse(BaseModel):
         "calibrations, ...).")
     alert_rows: int = Field(description="Alert rules, alerts and webhook deliveries removed.")
     grants: int = Field(description="Cohort memberships and key grants removed.")
+    wal_truncated: bool = Field(
+        description="Whether the write-ahead logs of the SQLite files were emptied, so no "
+        "copy of the erased rows stays on disk; false when another process's open read "
+        "blocked it (the next erasure or retention run completes it).")
 
 
 class RetentionResponse(BaseModel):
@@ -399,3 +435,6 @@ class RetentionResponse(BaseModel):
 
     cutoff_ns: int = Field(description="Data older than this (unix ns) was removed.")
     removed: dict[str, int] = Field(description="Store records removed per kind.")
+    wal_truncated: bool = Field(
+        description="Whether the store's write-ahead log was emptied afterwards (see "
+        "ErasureResponse).")

@@ -27,6 +27,7 @@ import numpy as np
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from wearemo.api.errors import too_deep_message
 from wearemo.api.schemas import IngestRequest
 from wearemo.samples import CHANNEL_AXES, Channel
 
@@ -128,6 +129,8 @@ def parse_ingest_body(raw: bytes | str, content_type: str | None, *,
 def _json_body(raw: bytes | str) -> Any:
     try:
         return json.loads(raw)
+    except RecursionError:  # e.g. 100,000 "[": the decoder recurses; it stops at the limit
+        raise _invalid((), too_deep_message("JSON"), "too_deep") from None
     except json.JSONDecodeError as exc:  # the same issue FastAPI gives for a JSON body
         raise RequestValidationError([{
             "type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
@@ -140,6 +143,8 @@ def _json_body(raw: bytes | str) -> Any:
 def _msgpack_body(raw: bytes) -> Any:
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except msgpack.StackError:  # nested deeper than the decoder's fixed stack (1024 levels)
+        raise _invalid((), too_deep_message("msgpack"), "too_deep") from None
     except Exception as exc:  # msgpack raises several unrelated types for malformed input
         raise _invalid((), f"body: invalid msgpack ({type(exc).__name__}: {exc})",
                        "msgpack_invalid") from None

@@ -365,6 +365,11 @@ class StateStore(Protocol):
         """
         ...
 
+    def truncate_wal(self) -> bool:
+        """Leave no copy of deleted data in the store's local write-ahead log (after an
+        erasure or a retention run); ``False`` when a reader blocked it (retried next time)."""
+        ...
+
     def ping(self) -> bool:
         """``True`` when the backend answers."""
         ...

@@ -66,7 +66,8 @@ from wearemo.store.base import (
     window_from_json,
     window_to_json,
 )
-from wearemo.store.sqlite import connect_wal
+from wearemo.store.private import private_dir
+from wearemo.store.sqlite import WAL_TRUNCATE_WAIT_S, connect_wal, truncate_wal
 
 __all__ = [
     "BATCH_LINES",
@@ -270,8 +271,7 @@ class InfluxStore:
 
             self._client = InfluxDBClient(url=self.url, token=token or "", org=self.org,
                                           enable_gzip=True, timeout=int(timeout_s * 1000))
-        path = Path(buffer_dir)
-        path.mkdir(parents=True, exist_ok=True)
+        path = private_dir(buffer_dir)
         self.buffer_path = path / "influx-outbox.sqlite3"
         self._db = connect_wal(self.buffer_path, timeout_s=5.0)  # sqlite3's default timeout
         for statement in _OUTBOX_SCHEMA.split(";"):
@@ -901,6 +901,11 @@ class InfluxStore:
             self._remote_last = {k: v for k, v in self._remote_last.items()
                                  if k[0] != subject_id}
         return counts
+
+    def truncate_wal(self, *, wait_s: float = WAL_TRUNCATE_WAIT_S) -> bool:
+        """Empty the outbox's write-ahead log, so the points and queued batches deleted from
+        it leave no copy on disk (:func:`~wearemo.store.sqlite.truncate_wal`)."""
+        return truncate_wal(self._db, lock=self._lock, wait_s=wait_s)
 
     def delete_before(self, cutoff_ns: int) -> dict[str, int]:
         """Retention on the server: batches (whole), windows, states, calibrations before it."""

@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from wearemo.store.private import private_file
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -57,11 +59,11 @@ class DataDirLock:
     Parameters
     ----------
     data_dir
-        The service's data dir (created if missing).
+        The service's data dir (created 0700 if missing).
     """
 
     def __init__(self, data_dir: Path) -> None:
-        self.path = Path(data_dir) / "server.lock"
+        self.path = Path(data_dir) / "server.lock"  # 0600 in a 0700 dir, like the databases
 
     def acquire_shared(self) -> HeldLock:
         """Hold the lock shared (a running service); waits while an exclusive holder works.
@@ -69,8 +71,7 @@ class DataDirLock:
         The holder's pid is written into the file, for the refusal message of
         :meth:`try_exclusive`.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self.path.open("a+")
+        handle = private_file(self.path).open("a+")
         if fcntl is not None:
             fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
             handle.seek(0)
@@ -93,8 +94,7 @@ class DataDirLock:
 
         Without ``fcntl`` it always succeeds (no detection).
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self.path.open("a+")
+        handle = private_file(self.path).open("a+")
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

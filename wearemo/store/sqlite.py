@@ -33,6 +33,9 @@ processing cursors behind), so it refuses the file instead.
 The database runs in WAL mode with ``synchronous=NORMAL`` (a commit survives a process crash;
 a power cut may lose the last transactions but never corrupts the file). One connection is
 shared by all threads behind a lock: SQLite serializes writers anyway, and reads are short.
+Deleted content is overwritten (``secure_delete``), and erasure and retention end with
+:meth:`SQLiteStore.truncate_wal`, so no copy of deleted rows stays in the write-ahead log.
+The files are owner-only (0600, see :mod:`wearemo.store.private`).
 
 Example
 -------
@@ -45,7 +48,9 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -69,10 +74,16 @@ from wearemo.store.base import (
     window_from_json,
     window_to_json,
 )
+from wearemo.store.private import private_file, tighten
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore", "connect_wal"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "connect_wal", "truncate_wal"]
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 4
+
+#: How long an erasure waits, in all, for readers that keep the WAL from being truncated.
+WAL_TRUNCATE_WAIT_S = 5.0
 
 
 def connect_wal(
@@ -83,21 +94,88 @@ def connect_wal(
     Autocommit (callers open explicit transactions), usable from any thread (callers hold
     their own lock), WAL with ``synchronous=NORMAL``: readers never wait for the writer, and
     a commit is durable against a process crash (a power cut may lose the last ones).
+    ``secure_delete`` is on whatever the SQLite build's default: deleted content is
+    overwritten with zeros instead of lingering in free pages (erasure relies on it, with
+    :func:`truncate_wal`). The file is created 0600 in a 0700 directory (SQLite gives its
+    ``-wal`` and ``-shm`` files the database file's mode); an existing one is tightened.
 
     Example
     -------
-    >>> connect_wal(":memory:").execute("PRAGMA synchronous").fetchone()
-    (1,)
+    >>> conn = connect_wal(":memory:")
+    >>> [conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("synchronous", "secure_delete")]
+    [1, 1]
     """
     if str(path) != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)
+        for suffix in ("-wal", "-shm"):  # left by an older version or a crash
+            tighten(f"{path}{suffix}")
     conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None,
                            check_same_thread=False)
+    conn.execute("PRAGMA secure_delete=ON")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     if foreign_keys:
         conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+def truncate_wal(
+    conn: sqlite3.Connection,
+    *,
+    lock: contextlib.AbstractContextManager[Any] | None = None,
+    wait_s: float = WAL_TRUNCATE_WAIT_S,
+) -> bool:
+    """Checkpoint a WAL database and truncate its ``-wal`` file to zero bytes.
+
+    After rows are deleted, the write-ahead log still holds the pages as they were before
+    (and the database file until the checkpoint): this writes every page back and empties the
+    log, so the deleted rows leave no copy on disk (with ``secure_delete``, see
+    :func:`connect_wal`). A reader in the middle of a transaction (another process with the
+    file open) blocks the truncation; it is retried, with ``lock`` released between attempts
+    so the connection's other users go on, until ``wait_s`` has passed.
+
+    Parameters
+    ----------
+    conn
+        A connection from :func:`connect_wal` (not inside a transaction).
+    lock
+        The lock its callers hold to use ``conn``; held during each attempt only.
+    wait_s
+        Longest wait for blocking readers, in all, seconds.
+
+    Returns
+    -------
+    bool
+        ``True`` when the log is empty; ``False`` (logged as a warning) when readers still
+        blocked it after ``wait_s``: the next truncation (a later erasure or retention run)
+        completes it.
+
+    Example
+    -------
+    >>> truncate_wal(connect_wal(":memory:"))
+    True
+    """
+    deadline = time.monotonic() + wait_s
+    pause = 0.02
+    while True:
+        with lock if lock is not None else contextlib.nullcontext():
+            # a short busy wait per attempt: the lock is not held for the whole wait_s
+            before = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+            conn.execute("PRAGMA busy_timeout=100")
+            try:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={before}")
+        if not busy:
+            return True
+        if time.monotonic() >= deadline:
+            name = conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:"
+            log.warning("%s-wal could not be truncated within %.1f s: another connection "
+                        "keeps a read transaction open; deleted rows stay in the log until "
+                        "the next truncation", name, wait_s)
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -208,8 +286,6 @@ class SQLiteStore:
 
     def __init__(self, path: str | Path, *, timeout_s: float = 30.0) -> None:
         self.path = path if str(path) == ":memory:" else Path(path)
-        if isinstance(self.path, Path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         # autocommit mode; write methods open explicit transactions.
         self._conn = connect_wal(self.path, timeout_s=timeout_s, foreign_keys=True)
@@ -726,6 +802,9 @@ class SQLiteStore:
     def erase_subject(self, subject_id: str) -> dict[str, int]:
         """Delete every record of one subject in one transaction; counts removed per kind.
 
+        The rows are overwritten in the database file (``secure_delete``); the write-ahead log
+        keeps its copies until :meth:`truncate_wal`.
+
         Example
         -------
         >>> s = SQLiteStore(":memory:")
@@ -800,6 +879,16 @@ class SQLiteStore:
                 self._conn.execute("ROLLBACK")
                 raise
         return counts
+
+    def truncate_wal(self, *, wait_s: float = WAL_TRUNCATE_WAIT_S) -> bool:
+        """Empty the write-ahead log, so deleted rows leave no copy on disk (:func:`truncate_wal`).
+
+        Example
+        -------
+        >>> SQLiteStore(":memory:").truncate_wal()
+        True
+        """
+        return truncate_wal(self._conn, lock=self._lock, wait_s=wait_s)
 
     # -- housekeeping -----------------------------------------------------------------------
 

@@ -97,7 +97,8 @@ def list_keys(keys: KeyStoreDep, _: AdminPrincipal) -> list[KeyOut]:
 @router.delete("/keys/{key_id}", responses=_404)
 def revoke_key(key_id: _KEY_ID, keys: KeyStoreDep, _: AdminPrincipal,
                request: Request) -> KeyOut:
-    """Revoke a key: refused from the next request on. Idempotent."""
+    """Revoke a key: refused from the next request on, and its open streams and ingest
+    WebSockets are closed (4401). Idempotent."""
     audit_context(request).detail = f"revoked key {key_id}"
     try:
         return _key_out(keys.revoke(key_id))
@@ -136,7 +137,7 @@ def add_cohort_subjects(cohort: _COHORT, body: SubjectsRequest, keys: KeyStoreDe
 @router.delete("/cohorts/{cohort}/subjects/{subject_id}", responses=_404)
 def remove_cohort_subject(cohort: _COHORT, subject_id: SubjectId, keys: KeyStoreDep,
                           _: AdminPrincipal, request: Request) -> CohortOut:
-    """Remove a subject from a cohort."""
+    """Remove a subject from a cohort (open streams of its reader keys drop the subject)."""
     audit_context(request).detail = f"cohort {cohort}: removed {subject_id}"
     try:
         return _cohort_out(keys.remove_subject(cohort, subject_id))
@@ -162,7 +163,7 @@ def grant_cohort(cohort: _COHORT, key_id: _KEY_ID, keys: KeyStoreDep, _: AdminPr
 @router.delete("/cohorts/{cohort}/grants/{key_id}", responses=_404)
 def ungrant_cohort(cohort: _COHORT, key_id: _KEY_ID, keys: KeyStoreDep, _: AdminPrincipal,
                    request: Request) -> CohortOut:
-    """Withdraw a cohort from a reader key."""
+    """Withdraw a cohort from a reader key (its open streams drop the cohort's subjects)."""
     audit_context(request).detail = f"cohort {cohort}: withdrawn from key {key_id}"
     try:
         keys.ungrant_cohort(cohort, key_id)
@@ -193,13 +194,17 @@ def mint_subjects(body: MintRequest, keys: KeyStoreDep, _: AdminPrincipal,
     "/subjects/{subject_id}",
     responses={404: {"model": ErrorResponse, "description": "Nothing is known of the subject."}},
 )
-def erase_subject(subject_id: SubjectId, pipeline: PipelineDep, alerts: AlertsDep,
-                  keys: KeyStoreDep, _: AdminPrincipal, request: Request) -> ErasureResponse:
+def erase_subject(subject_id: SubjectId, pipeline: PipelineDep, store: StoreDep,
+                  alerts: AlertsDep, keys: KeyStoreDep, _: AdminPrincipal,
+                  request: Request) -> ErasureResponse:
     """Erase a subject everywhere: raw samples, batches, windows, states, calibration (in the
     configured store), its in-memory stream and baseline, alert rules, alerts and webhook
     deliveries, and its cohort memberships and key grants. A later upload under the same id
-    starts from nothing. The audit log keeps the pseudonymous id of this erasure (and earlier
-    accesses): it is the record that the erasure happened."""
+    starts from nothing. Deleted rows are overwritten and the write-ahead logs of the SQLite
+    files truncated, so no copy stays on disk (``wal_truncated`` is false when another
+    process's open read kept a log from being truncated for 5 s; the next erasure or
+    retention run completes it). The audit log keeps the pseudonymous id of this erasure (and
+    earlier accesses): it is the record that the erasure happened."""
     ctx = audit_context(request)
     ctx.touch(subject_id)
     removed = pipeline.erase(subject_id)
@@ -207,9 +212,12 @@ def erase_subject(subject_id: SubjectId, pipeline: PipelineDep, alerts: AlertsDe
     grants = keys.forget_subject(subject_id)
     if not any(removed.values()) and not alert_rows and not grants:
         raise HTTPException(status_code=404, detail=f"unknown subject {subject_id!r}")
-    ctx.detail = f"erased: {removed}, {alert_rows} alert rows, {grants} grants"
+    # Every log is truncated even when one is blocked (a list, not a short-circuiting all()).
+    truncated = all([store.truncate_wal(), alerts.db.truncate_wal(), keys.truncate_wal()])
+    ctx.detail = (f"erased: {removed}, {alert_rows} alert rows, {grants} grants"
+                  + ("" if truncated else "; write-ahead log not truncated yet"))
     return ErasureResponse(subject_id=subject_id, removed=removed, alert_rows=alert_rows,
-                           grants=grants)
+                           grants=grants, wal_truncated=truncated)
 
 
 @router.post(
@@ -223,9 +231,10 @@ def run_retention(store: StoreDep, settings: SettingsDep, _: AdminPrincipal,
     if settings.retention_days is None:
         raise HTTPException(status_code=409, detail="no retention policy: set "
                             "WEAREMO_RETENTION_DAYS to delete data older than that many days")
-    cutoff, removed = apply_retention(store, days=settings.retention_days)
-    audit_context(request).detail = f"retention before {cutoff}: {removed}"
-    return RetentionResponse(cutoff_ns=cutoff, removed=removed)
+    run = apply_retention(store, days=settings.retention_days)
+    audit_context(request).detail = f"retention before {run.cutoff_ns}: {run.removed}"
+    return RetentionResponse(cutoff_ns=run.cutoff_ns, removed=run.removed,
+                             wal_truncated=run.wal_truncated)
 
 
 @router.get("/audit")
@@ -246,13 +255,15 @@ def read_audit(
 
 @router.get("/audit/verify")
 def verify_audit(audit: AuditLogDep, _: AdminPrincipal) -> AuditVerifyResponse:
-    """Recompute the audit log's hash chain; ``ok`` is false at the first tampered entry."""
+    """Recompute the audit log's keyed chain; ``ok`` is false at the first tampered entry."""
     r = audit.verify()
     return AuditVerifyResponse(ok=r.ok, entries=r.entries, head_sha256=r.head_sha256,
-                               broken_seq=r.broken_seq, reason=r.reason)
+                               broken_seq=r.broken_seq, reason=r.reason,
+                               keyed_from_seq=r.keyed_from_seq)
 
 
 def _entry_out(e: AuditEntry) -> AuditEntryOut:
     return AuditEntryOut(seq=e.seq, at_ns=e.at_ns, key_id=e.key_id, role=e.role,
                          action=e.action, subject_id=e.subject_id, outcome=e.outcome,
-                         detail=e.detail, prev_sha256=e.prev_sha256, sha256=e.sha256)
+                         detail=e.detail, prev_sha256=e.prev_sha256, sha256=e.sha256,
+                         client=e.client, count=e.count, keyed=e.keyed)

@@ -7,16 +7,20 @@ the same per-batch results, so a client can switch forms without changing its lo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import time
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Message
 
-from wearemo.api.audit import AuditContext, AuditEntry
-from wearemo.api.auth import Principal
+from wearemo.api.audit import AuditContext, AuditEntry, AuditLog
+from wearemo.api.auth import WS_CLOSE_UNAUTHORIZED, Principal, PrincipalWatch
 from wearemo.api.deps import (
     IngestPrincipal,
     LimiterDep,
@@ -29,6 +33,7 @@ from wearemo.api.errors import validation_issues
 from wearemo.api.limits import RateLimiter, retry_after
 from wearemo.api.schemas import (
     AUTH_ERRORS,
+    INGEST_EXAMPLE,
     BatchOutcome,
     ConflictDetail,
     ConflictResponse,
@@ -44,6 +49,8 @@ from wearemo.pipeline import Pipeline, PipelineBusyError
 from wearemo.settings import Settings
 
 __all__ = ["WS_CLOSE_RATE_ABUSE", "WS_CLOSE_TOO_BIG", "document_bodies", "router"]
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["ingest"], responses=AUTH_ERRORS)
 
@@ -69,6 +76,7 @@ def _authorize(body: IngestRequest, principal: Principal, ctx: AuditContext) -> 
     ctx.detail = f"{len(body.batches)} batches"
     for i, b in enumerate(body.batches):
         if not principal.reaches(b.subject_id):
+            ctx.refusal = "subject not in the key's grant"
             raise _RefusedError(
                 403, f"batches.{i}.subject_id: key {principal.key_id} ({principal.role}) may "
                 f"not write subject {b.subject_id!r}; nothing of this request was stored")
@@ -222,46 +230,91 @@ async def ingest_ws(websocket: WebSocket, principal: IngestPrincipal) -> None:
     and the rest is that response's body (200: ``stored``, ``results`` ... ; errors:
     ``detail``; 429/503 add ``retry_after_s``). Errors do not close the connection; a message
     over ``max_request_bytes`` closes it with 1009, and 20 rate refusals in a row with 1008.
-    The key is checked at the handshake; each message's subjects against its grant (403
-    answer, nothing stored), and each message is audited.
+    The key is checked at the handshake and again for each message, and each message's
+    subjects against the key's current grant (403 answer, nothing stored); each message is
+    audited. Once the key is revoked, expires or is deleted, the connection is closed with
+    4401 and the reason (at once when idle; a message already sent is answered 401 first,
+    and nothing of it is stored).
     """
     resources = get_resources(websocket)
     settings, pipeline, limiter = resources.settings, resources.pipeline, resources.limiter
     client = _rate_key(principal)
+    address = websocket.client.host if websocket.client else None
     await websocket.accept()
     seq = refusals = 0
+    with resources.auth.watch(principal) as watch:
+        lost = asyncio.ensure_future(_until_invalid(watch))
+        receiving: asyncio.Future[Message] | None = None
+        try:
+            while True:
+                receiving = asyncio.ensure_future(websocket.receive())
+                await asyncio.wait({receiving, lost}, return_when=asyncio.FIRST_COMPLETED)
+                if not receiving.done():  # the key ended while the client was idle
+                    await _close_revoked(websocket, resources.audit, principal, address,
+                                         watch.ended_reason, seq)
+                    return
+                message = receiving.result()
+                if message["type"] == "websocket.disconnect":
+                    return
+                data: bytes | str | None = message.get("bytes")
+                kind = MSGPACK
+                if data is None:
+                    data, kind = message.get("text") or "", JSON
+                seq += 1
+                size = len(data) if isinstance(data, bytes) else len(data.encode())
+                if size > settings.max_request_bytes:
+                    await websocket.close(
+                        code=WS_CLOSE_TOO_BIG,
+                        reason=f"message {seq}: {size} bytes; limit {settings.max_request_bytes}",
+                    )
+                    return
+                # Fresh: a revocation by another process (the CLI) refuses this very message.
+                current = await watch.current(fresh=True)
+                if current is None:
+                    answer: dict[str, Any] = {"status": 401, "detail": (
+                        f"{watch.ended_reason}: message {seq} refused, nothing stored")}
+                    await websocket.send_text(json.dumps({"seq": seq, **answer}))
+                    await _close_revoked(websocket, resources.audit, principal, address,
+                                         watch.ended_reason, seq)
+                    return
+                principal = current
+                ctx = AuditContext(key_id=principal.key_id, role=principal.role)
+                answer = await _ws_answer(data, kind, client, settings, pipeline, limiter,
+                                          principal, ctx)
+                await run_in_threadpool(resources.audit.record, ctx, "WS /v1/ingest/ws",
+                                        answer["status"], client=address)
+                refusals = refusals + 1 if answer["status"] == 429 else 0
+                await websocket.send_text(json.dumps({"seq": seq, **answer}))
+                if refusals >= _WS_MAX_REFUSALS:
+                    await websocket.close(code=WS_CLOSE_RATE_ABUSE,
+                                          reason="rate limit exceeded repeatedly")
+                    return
+        except WebSocketDisconnect:
+            return
+        finally:
+            lost.cancel()
+            if receiving is not None:
+                receiving.cancel()
+
+
+async def _until_invalid(watch: PrincipalWatch) -> None:
+    """Return once the watched principal is no longer valid (on a change or at expiry)."""
+    while await watch.current() is not None:
+        await watch.changed()
+
+
+async def _close_revoked(websocket: WebSocket, audit: AuditLog, principal: Principal,
+                         address: str | None, reason: str, seq: int) -> None:
+    """Audit, then close an ingest socket whose key is no longer valid (4401, the reason)."""
+    entry = AuditEntry.new(principal.key_id, principal.role, "WS /v1/ingest/ws", None,
+                           WS_CLOSE_UNAUTHORIZED,
+                           f"connection closed after {seq} messages: {reason}", client=address)
     try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data: bytes | str | None = message.get("bytes")
-            kind = MSGPACK
-            if data is None:
-                data, kind = message.get("text") or "", JSON
-            seq += 1
-            size = len(data) if isinstance(data, bytes) else len(data.encode())
-            if size > settings.max_request_bytes:
-                await websocket.close(
-                    code=WS_CLOSE_TOO_BIG,
-                    reason=f"message {seq}: {size} bytes; limit {settings.max_request_bytes}",
-                )
-                return
-            ctx = AuditContext(key_id=principal.key_id, role=principal.role)
-            answer = await _ws_answer(data, kind, client, settings, pipeline, limiter,
-                                      principal, ctx)
-            whose: list[str | None] = list(ctx.subjects) or [None]
-            entries = [AuditEntry.new(ctx.key_id, ctx.role, "WS /v1/ingest/ws", sid,
-                                      answer["status"], ctx.detail) for sid in whose]
-            await run_in_threadpool(resources.audit.extend, entries)
-            refusals = refusals + 1 if answer["status"] == 429 else 0
-            await websocket.send_text(json.dumps({"seq": seq, **answer}))
-            if refusals >= _WS_MAX_REFUSALS:
-                await websocket.close(code=WS_CLOSE_RATE_ABUSE,
-                                      reason="rate limit exceeded repeatedly")
-                return
-    except WebSocketDisconnect:
-        return
+        await run_in_threadpool(audit.append, entry)
+    except Exception:  # closing matters more than the record; the failure is logged
+        log.exception("audit: could not record the end of an ingest socket")
+    with contextlib.suppress(Exception):
+        await websocket.close(code=WS_CLOSE_UNAUTHORIZED, reason=reason[:120])
 
 
 async def _ws_answer(data: bytes | str, kind: str, client: str, settings: Settings,
@@ -310,10 +363,12 @@ def document_bodies(app: FastAPI) -> None:
         ref = {"$ref": "#/components/schemas/IngestRequest"}
         spec["paths"]["/v1/ingest"]["post"]["requestBody"] = {
             "required": True,
+            "description": "JSON, or msgpack with the same fields where values and "
+            "timestamps_ns may also be raw little-endian bin arrays (docs/ingest.md).",
             "content": {
-                JSON: {"schema": ref},
-                MSGPACK: {"schema": ref, "example": "see docs/ingest.md: the same fields; "
-                          "values/timestamps_ns may be raw little-endian bin arrays"},
+                JSON: {"schema": ref, "example": INGEST_EXAMPLE},
+                # the same data as msgpack (the plain form: lists, not bin arrays)
+                MSGPACK: {"schema": ref, "example": INGEST_EXAMPLE},
             },
         }
         app.openapi_schema = spec
