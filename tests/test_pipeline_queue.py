@@ -144,3 +144,53 @@ def test_inline_flush_and_schema_3_files(tmp_path: Path, model: StressModel,
         pipeline.ingest(batches[20:30])
         report = pipeline.flush()
         assert report.states > 0 and store.pending_counts() == {}
+
+
+def test_slices_stopped_mid_batch_and_restarted_give_the_uninterrupted_states(
+    tmp_path: Path, model: StressModel, batches: list[SampleBatch],
+    reference: list[tuple[int, str, float]],
+) -> None:
+    """Background workers with the smallest slice (one batch or 16 windows per turn), whose
+    batches each complete many windows (all 240 s in two batches per channel), stopped in the
+    middle of a batch and restarted: exactly the states of the uninterrupted run."""
+    merged = _merged(batches, 120)
+    path = tmp_path / "w.sqlite3"
+    with SQLiteStore(path) as store:
+        first = Pipeline(store, model, mode="background", slice_s=0.0)
+        first.ingest(merged)
+        first.start()
+        deadline = time.monotonic() + 120
+        while len(_states(store)) < 16:  # the first chunk of the batch's windows is stored
+            assert time.monotonic() < deadline, first.lag()
+            time.sleep(0.01)
+        first.close()  # stops at the next chunk: inside a batch, whose windows are not all done
+        partial = _states(store)
+        assert 16 <= len(partial) < len(reference)
+        assert first.lag().pending_batches > 0  # a batch counts until its windows are stored
+    with SQLiteStore(path) as store:
+        assert store.pending_counts()  # the cursor has not passed the unfinished batch
+        restarted = Pipeline(store, model, mode="background", slice_s=0.0)
+        restarted.start()
+        try:
+            _wait_processed(restarted)
+        finally:
+            restarted.close()
+        assert store.pending_counts() == {}
+        _same(_states(store), reference)
+
+
+def _merged(batches: list[SampleBatch], seconds: int) -> list[SampleBatch]:
+    """The same samples in batches of ``seconds`` per channel (in order of their first sample)."""
+    out = []
+    by_channel: dict[str, list[SampleBatch]] = {}
+    for b in batches:
+        by_channel.setdefault(b.channel.value, []).append(b)
+    for ch, runs in by_channel.items():
+        per = seconds // 10
+        for k in range(0, len(runs), per):
+            part = runs[k:k + per]
+            out.append(part[0].model_copy(update={
+                "batch_id": f"{part[0].subject_id}:{ch}:m{k}",
+                "values": [v for b in part for v in b.values]}))
+    out.sort(key=lambda b: (b.start_ns, b.channel.value != "ppg"))
+    return out

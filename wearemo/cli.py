@@ -36,7 +36,7 @@ from wearemo.batch import (
     tracking_report,
 )
 from wearemo.datasets import Recording, load_recording
-from wearemo.samples import Channel
+from wearemo.samples import ID_PATTERN, Channel
 
 __all__ = ["app"]
 
@@ -149,8 +149,9 @@ def _open_audit(data_dir: Path | None, **kw: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _admin(data_dir: Path | None, action: str) -> Any:
-    """The key store of the data dir, with the CLI action appended to the audit log."""
+def _admin(data_dir: Path | None, action: str, subject: str | None = None) -> Any:
+    """The key store of the data dir, with the CLI action appended to the audit log (naming
+    ``subject`` when the action concerns one)."""
     from wearemo.api.audit import AuditEntry
     from wearemo.api.keystore import KeyStore, KeyStoreError, UnknownError
 
@@ -160,11 +161,11 @@ def _admin(data_dir: Path | None, action: str) -> Any:
         try:
             yield keys, detail
         except (KeyStoreError, UnknownError) as exc:
-            log.append(AuditEntry.new("cli", "admin", f"cli {action}", None, 1, str(exc)))
+            log.append(AuditEntry.new("cli", "admin", f"cli {action}", subject, 1, str(exc)))
             console.print(f"[red]{action}:[/red] {exc}")
             raise typer.Exit(2) from exc
         for d in detail or [""]:
-            log.append(AuditEntry.new("cli", "admin", f"cli {action}", None, 0, d))
+            log.append(AuditEntry.new("cli", "admin", f"cli {action}", subject, 0, d))
 
 
 def _duration_ns(text: str) -> int:
@@ -298,6 +299,68 @@ def subjects_mint(count: Annotated[int, typer.Argument()] = 1,
             keys.add_subjects(cohort, minted)
         detail.append(f"minted {len(minted)} subject ids")
     print("\n".join(minted))
+
+
+@subjects_app.command("erase")
+def subjects_erase(
+    subject: Annotated[str, typer.Argument(help="The pseudonymous subject id.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Erase a subject offline, as ``DELETE /v1/admin/subjects/ID`` does: everything in the
+    store (samples, batches, windows, states, calibration, processing queue), its alert rules,
+    alerts and deliveries, and its cohort memberships and key grants, with the SQLite files'
+    write-ahead logs truncated; the audit log records the erasure. Refused while a service
+    runs on the data dir (erase through its API then); exit code 1 when nothing of the
+    subject was found."""
+    import re
+
+    from wearemo.alerts import AlertDB
+    from wearemo.store import open_store
+    from wearemo.store.lock import DataDirLock
+
+    if not re.fullmatch(ID_PATTERN, subject):
+        raise typer.BadParameter(f"{subject!r} is not a subject id (letters, digits, '._:-')")
+    settings = _auth_settings(data_dir)
+    lock = DataDirLock(settings.data_dir).try_exclusive()
+    if lock is None:
+        pid = DataDirLock(settings.data_dir).holder_pid()
+        err_console.print(
+            f"[red]subjects erase:[/red] a wearemo service is running on {settings.data_dir}"
+            f"{f' (pid {pid})' if pid else ''}; it holds this subject's state in memory, so "
+            f"erase through it: DELETE /v1/admin/subjects/{subject} (or stop it first)",
+            highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    try:
+        with _admin(settings.data_dir, "subjects erase", subject) as (keys, detail):
+            # As the API erase: deleted rows are overwritten (secure_delete) and each file's
+            # write-ahead log truncated, so no copy stays on disk.
+            removed: dict[str, int] = {}
+            truncated = []
+            db = settings.resolved_sqlite_path()
+            if settings.store != "sqlite" or db.exists():  # opening would create an empty one
+                store = open_store(settings)
+                try:
+                    removed = store.erase_subject(subject)
+                    truncated.append(store.truncate_wal())
+                finally:
+                    store.close()
+            alert_rows = 0
+            if settings.resolved_alerts_path().exists():
+                with contextlib.closing(AlertDB(settings.resolved_alerts_path())) as alerts:
+                    alert_rows = alerts.erase_subject(subject)
+                    truncated.append(alerts.truncate_wal())
+            grants = keys.forget_subject(subject)
+            truncated.append(keys.truncate_wal())
+            detail.append(f"erased: {removed}, {alert_rows} alert rows, {grants} grants"
+                          + ("" if all(truncated) else "; write-ahead log not truncated yet"))
+    finally:
+        lock.release()
+    print(json.dumps({"subject_id": subject, "removed": removed, "alert_rows": alert_rows,
+                      "grants": grants, "wal_truncated": all(truncated)}))
+    if not any(removed.values()) and not alert_rows and not grants:
+        err_console.print(f"nothing of subject {subject!r} was found in {settings.data_dir}",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @audit_app.command("verify")

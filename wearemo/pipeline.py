@@ -17,7 +17,10 @@ rebuilt from the store, so nothing the service said before is lost or contradict
 
 All methods are blocking (NumPy/NeuroKit2 work, SQLite I/O): the API calls them from a thread
 pool. Calls for the same subject are serialized by a per-subject lock; different subjects run
-in parallel.
+in parallel. Processing is cut into slices (a few windows at a time): background workers move
+to the next subject after about ``_SLICE_S`` of work on one, and :meth:`Pipeline.erase` and
+:meth:`Pipeline.close` stop a subject's processing between two slices instead of waiting for
+its backlog.
 
 Example
 -------
@@ -38,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from threadpoolctl import ThreadpoolController
@@ -86,8 +89,37 @@ ProcessingMode = Literal["inline", "background"]
 _NS = 1_000_000_000
 _REPLAY_PAGE = 1000
 _MAX_WINDOWS = 1_000_000
-#: Batches one worker turn processes for a subject before letting other subjects run.
+#: Most batches one turn reads from a subject's queue.
 _TURN_BATCHES = 500
+#: A background worker gives the next subject its turn after about this much work on one
+#: (checked between windows), so a subject with a large backlog cannot starve the others.
+_SLICE_S = 0.25
+#: Windows computed, scored and stored at a time; cancellation and the slice are checked
+#: between them.
+_EMIT_CHUNK = 16
+
+
+class _ErasingError(Exception):
+    """The subject is being erased: its processing stops where it is."""
+
+
+@dataclass(slots=True)
+class _Turn:
+    """When one processing turn ends: after ``slice_s`` (``None``: when the queue is done) or,
+    if ``stoppable``, when the pipeline closes. A turn always makes one step (a batch added or
+    a chunk of windows) first, so a slow start (restoring a subject, a loaded store) cannot
+    starve it."""
+
+    slice_s: float | None
+    stoppable: bool
+    started: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+
+    def over(self, stopping: bool) -> bool:
+        if self.stoppable and stopping:
+            return True
+        return (self.slice_s is not None and self.steps > 0
+                and time.perf_counter() - self.started > self.slice_s)
 
 
 class UnknownSubjectError(LookupError):
@@ -192,7 +224,13 @@ class BaselineStatus:
 class _Subject:
     stream: SubjectStream
     estimator: SubjectEstimator
+    #: The stored cursor: batches through it are fully processed (every window they complete
+    #: is stored).
     cursor: ProcessingCursor
+    #: The last batch added to the stream; ahead of ``cursor`` while a turn that ended early
+    #: left some of its windows to compute (that batch's samples: ``fed_samples``).
+    fed: ProcessingCursor
+    fed_samples: int = 0
 
 
 class Pipeline:
@@ -224,6 +262,10 @@ class Pipeline:
     max_pending_samples
         Background mode: while more samples than this are stored but unprocessed,
         :meth:`ingest` raises :class:`PipelineBusyError` and stores nothing.
+    slice_s
+        Background mode: a worker moves on to the next subject waiting after about this long
+        on one (checked every 16 windows and every batch), so a subject with a large backlog
+        cannot starve the others. 0 gives every subject one step per turn.
 
     Notes
     -----
@@ -249,11 +291,14 @@ class Pipeline:
         mode: ProcessingMode = "inline",
         workers: int = 1,
         max_pending_samples: int = 5_000_000,
+        slice_s: float = _SLICE_S,
     ) -> None:
         if mode not in ("inline", "background"):
             raise ValueError(f"unknown mode {mode!r}; options: 'inline', 'background'")
         if workers < 1 or max_pending_samples < 1:
             raise ValueError("workers and max_pending_samples must be >= 1")
+        if not (math.isfinite(slice_s) and slice_s >= 0):
+            raise ValueError(f"slice_s must be a number >= 0, got {slice_s}")
         if model.target != "stress":
             raise ValueError(f"the pipeline's main model must have target 'stress', model "
                              f"{model.version} has {model.target!r}")
@@ -273,6 +318,7 @@ class Pipeline:
         self.mode: ProcessingMode = mode
         self.workers = workers
         self.max_pending_samples = max_pending_samples
+        self.slice_s = slice_s
         # Durable queue bookkeeping (the queue itself is the store): pending counts per
         # subject, the subjects waiting for a worker, and processing statistics.
         self._work = threading.Condition()
@@ -281,6 +327,8 @@ class Pipeline:
         self._queued: set[str] = set()
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        # Subjects an erase waits for: their processing stops at the next check.
+        self._erasing: dict[str, int] = {}
         self._processed = [0, 0]  # batches, samples
         self._busy_s = 0.0
 
@@ -355,10 +403,12 @@ class Pipeline:
             for r in report.results
         ]
         touched = self._note_pending([b for b, ok in zip(new, flags, strict=True) if ok])
-        for sid in touched:
-            if self.mode == "inline":
-                self._process(sid, report, limit=None)
-            else:
+        for sid, n_new in touched.items():
+            # Inline: this request's batches, after at most one turn of backlog a crash left
+            # (the workers take the rest), so one request's work is bounded by its own data.
+            if self.mode != "inline" or self._process(
+                sid, report, limit=n_new + _TURN_BATCHES, stoppable=True
+            ):
                 self._enqueue(sid)
         seconds = time.perf_counter() - started
         for batch, result in zip(batches, report.results, strict=False):
@@ -453,8 +503,9 @@ class Pipeline:
                 t.start()
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Stop the workers after their current turn; unprocessed batches stay queued in the
-        store (the next :meth:`start` processes them).
+        """Stop the workers (and inline processing) at their next slice boundary, a few windows
+        at most; unprocessed batches stay queued in the store (the next :meth:`start`
+        processes them).
 
         Example
         -------
@@ -639,7 +690,8 @@ class Pipeline:
     def erase(self, subject_id: str) -> dict[str, int]:
         """Erase a subject: everything stored of it and everything this pipeline holds.
 
-        Under the subject's lock, so no batch of it is half-processed meanwhile; its stream,
+        Processing of the subject stops at its next check (between windows) instead of
+        finishing its backlog; then, under the subject's lock, its stored data, stream,
         baseline, ordering marks and pending queue are dropped, so a later upload with the
         same id starts from nothing (new warm-up, old batch ids accepted again).
 
@@ -653,12 +705,20 @@ class Pipeline:
         >>> pipeline.erase("s01")["batches"]  # doctest: +SKIP
         72
         """
-        with self._lock_of(subject_id):
-            counts = self.store.erase_subject(subject_id)
-            self._subjects.pop(subject_id, None)
+        with self._work:  # processing of the subject stops at its next check
+            self._erasing[subject_id] = self._erasing.get(subject_id, 0) + 1
+        try:
+            with self._lock_of(subject_id):
+                counts = self.store.erase_subject(subject_id)
+                self._subjects.pop(subject_id, None)
+                with self._work:
+                    self._pending.pop(subject_id, None)
+                self._order.forget(subject_id)
+        finally:
             with self._work:
-                self._pending.pop(subject_id, None)
-            self._order.forget(subject_id)
+                self._erasing[subject_id] -= 1
+                if not self._erasing[subject_id]:
+                    del self._erasing[subject_id]
         return counts
 
     def baseline(self, subject_id: str) -> BaselineStatus:
@@ -698,16 +758,16 @@ class Pipeline:
                 lock = self._locks[subject_id] = threading.Lock()
             return lock
 
-    def _note_pending(self, stored: Sequence[SampleBatch]) -> list[str]:
-        """Count newly stored batches as pending; the subjects they belong to, in order."""
-        touched: dict[str, None] = {}
+    def _note_pending(self, stored: Sequence[SampleBatch]) -> dict[str, int]:
+        """Count newly stored batches as pending; per subject (in order), how many."""
+        touched: dict[str, int] = {}
         with self._work:
             for b in stored:
                 p = self._pending.setdefault(b.subject_id, [0, 0])
                 p[0] += 1
                 p[1] += b.n_samples
-                touched[b.subject_id] = None
-        return list(touched)
+                touched[b.subject_id] = touched.get(b.subject_id, 0) + 1
+        return touched
 
     def _check_lag(self) -> None:
         lag = self.lag()
@@ -735,7 +795,8 @@ class Pipeline:
                 sid = self._ready.popleft()
                 self._queued.discard(sid)
             try:
-                more = self._process(sid, None, limit=_TURN_BATCHES)
+                more = self._process(sid, None, limit=_TURN_BATCHES, slice_s=self.slice_s,
+                                     stoppable=True)
             except Exception:
                 log.exception("processing of subject %r failed; retrying later", sid)
                 time.sleep(1.0)
@@ -743,15 +804,32 @@ class Pipeline:
             if more:
                 self._enqueue(sid)
 
-    def _process(self, subject_id: str, report: IngestReport | None, *, limit: int | None) -> bool:
+    def _process(
+        self,
+        subject_id: str,
+        report: IngestReport | None,
+        *,
+        limit: int | None,
+        slice_s: float | None = None,
+        stoppable: bool = False,
+    ) -> bool:
         """Push a subject's pending batches through features and model; ``True`` if more wait.
 
-        The one processing path of both modes. Windows and states are stored before the
-        cursor moves, so a crash in between re-processes those batches (windows and states are
-        keyed by end time: the re-run replaces them with the same values).
+        The one processing path of both modes. Windows are computed, scored and stored a few
+        at a time (``_EMIT_CHUNK``); between them the turn ends once ``slice_s`` has passed
+        (or, if ``stoppable``, the pipeline is closing) and stops at once when the subject is
+        being erased. A turn that ends early leaves the rest queued: the windows its last
+        batch still completes come first in the next turn. The cursor moves over a batch only
+        once every window it completes is stored, so a crash re-processes the batches after
+        it (windows and states are keyed by end time: the re-run replaces them with the same
+        values).
         """
         t0 = time.perf_counter()
+        turn = _Turn(slice_s, stoppable, started=t0)
+        report = report if report is not None else IngestReport()
         with self._lock_of(subject_id), self._inner_threads():
+            if subject_id in self._erasing:
+                return False  # the erase waiting for this lock removes everything anyway
             try:
                 sub: _Subject | None = self._subject(subject_id)
             except Exception:
@@ -759,53 +837,115 @@ class Pipeline:
                               "not processed", subject_id)
                 sub = None
             cursor = sub.cursor if sub is not None else self.store.processing_cursor(subject_id)
+            fed = sub.fed if sub is not None else cursor
             page = self.store.pending_batches(
-                subject_id, after_seq=cursor.seq, limit=(limit or _MAX_WINDOWS) + 1
+                subject_id, after_seq=fed.seq, limit=(limit or _MAX_WINDOWS) + 1
             )
             more = limit is not None and len(page) > limit
             page = page[:limit] if limit is not None else page
-            if not page:
-                with self._work:
-                    self._pending.pop(subject_id, None)
-                return False
-            windows: list[FeatureWindow] = []
-            done, samples, end_ns = 0, 0, cursor.end_ns
-            for item in page:
-                if sub is not None:
-                    try:
-                        windows.extend(sub.stream.push(item.batch))
-                    except Exception:
-                        # Skip it (its raw data stays stored) and rebuild the subject from the
-                        # store next time rather than keep a stream in an uncertain state.
-                        log.exception("pipeline failed on batch %r of %r; skipped",
-                                      item.batch.batch_id, subject_id)
-                        self._subjects.pop(subject_id, None)
+            # Batches taken from the page, and batches (with their samples) done: every window
+            # they complete stored. Lag counts a batch until it is done.
+            taken, done, samples = 0, 0, 0
+            try:
+                finished = True
+                if sub is not None and fed.seq != cursor.seq:
+                    # An earlier turn ended inside its last batch: its windows come first.
+                    step = self._advance(sub, None, report, turn)
+                    finished = step is True
+                    if step is None:
                         sub = None
-                done += 1
-                samples += item.batch.n_samples
-                last = item.batch.end_ns
-                end_ns = last if end_ns is None else max(end_ns, last)
-                if sub is None:
-                    break
+                    elif step:
+                        cursor = fed
+                        done, samples = 1, sub.fed_samples
+                for item in page:
+                    if not finished or turn.over(self._stopping):
+                        finished = False
+                        break
+                    end_ns = item.batch.end_ns
+                    fed = ProcessingCursor(subject_id=subject_id, seq=item.seq,
+                                           end_ns=end_ns if fed.end_ns is None
+                                           else max(fed.end_ns, end_ns))
+                    taken += 1
+                    n = item.batch.n_samples
+                    step = None if sub is None else self._advance(sub, item.batch, report, turn)
+                    if step is None:
+                        # Not restored, or the stream failed on it: the batch is skipped (one
+                        # per turn; its raw data stays stored).
+                        cursor, sub = fed, None
+                        done, samples = done + 1, samples + n
+                        break
+                    finished = step
+                    if finished:
+                        cursor = fed
+                        done, samples = done + 1, samples + n
+                    else:
+                        assert sub is not None
+                        sub.fed_samples = n
+            except _ErasingError:
+                self._subjects.pop(subject_id, None)
+                return False
+            except BaseException:
+                # The stream may be ahead of what is stored: rebuild it from the store.
+                self._subjects.pop(subject_id, None)
+                raise
             if sub is not None:
-                self._emit(sub, windows, report if report is not None else IngestReport())
-            new_cursor = ProcessingCursor(subject_id=subject_id, seq=page[done - 1].seq,
-                                          end_ns=end_ns)
-            self.store.set_processing_cursor(new_cursor)
-            if sub is not None:
-                sub.cursor = new_cursor
-            more = more or done < len(page)
+                sub.fed = fed
+            stored = sub.cursor if sub is not None else self.store.processing_cursor(subject_id)
+            if cursor.seq != stored.seq:
+                self.store.set_processing_cursor(cursor)
+                if sub is not None:
+                    sub.cursor = cursor
+            more = more or taken < len(page) or not finished
         with self._work:
             p = self._pending.get(subject_id)
             if p is not None:
                 p[0] = max(0, p[0] - done)
                 p[1] = max(0, p[1] - samples)
-                if not more and p[0] == 0:
+                if not more and (p[0] == 0 or not page):  # the store's queue is the truth
                     del self._pending[subject_id]
             self._processed[0] += done
             self._processed[1] += samples
             self._busy_s += time.perf_counter() - t0
         return more
+
+    def _advance(self, sub: _Subject, batch: SampleBatch | None, report: IngestReport,
+                 turn: _Turn) -> bool | None:
+        """Add ``batch`` (if any), then compute, score and store the windows due, a chunk at a
+        time. ``True``: none left due; ``False``: the turn ended first (slice over, or
+        closing); ``None``: the stream failed on the batch (logged; the subject is dropped
+        and rebuilt from the store next time, the batch's raw data stays stored).
+
+        Raises :class:`_ErasingError` when the subject is being erased; store errors propagate.
+        """
+        sid = sub.estimator.subject_id
+        try:
+            if batch is not None:
+                sub.stream.add(batch)
+                turn.steps += 1
+        except Exception:
+            self._stream_failed(sid, batch)
+            return None
+        while True:
+            if sid in self._erasing:  # a dict lookup: no lock needed, seen next chunk
+                raise _ErasingError(sid)
+            if turn.over(self._stopping):
+                return False
+            try:
+                windows = sub.stream.emit(limit=_EMIT_CHUNK)
+            except Exception:
+                self._stream_failed(sid, batch)
+                return None
+            if not windows:
+                return True
+            self._emit(sub, windows, report)
+            turn.steps += 1
+
+    def _stream_failed(self, subject_id: str, batch: SampleBatch | None) -> None:
+        # Skip the batch (its raw data stays stored) and rebuild the subject from the store
+        # next time rather than keep a stream in an uncertain state.
+        log.exception("pipeline failed on batch %r of %r; skipped",
+                      None if batch is None else batch.batch_id, subject_id)
+        self._subjects.pop(subject_id, None)
 
     def _emit(self, sub: _Subject, windows: Sequence[FeatureWindow], report: IngestReport) -> None:
         if not windows:
@@ -874,7 +1014,7 @@ class Pipeline:
         estimator = self.model.for_subject(subject_id, extra=self.extra)
         stream = SubjectStream(subject_id, config=self.config)
         cursor = self.store.processing_cursor(subject_id)
-        sub = _Subject(stream, estimator, cursor)
+        sub = _Subject(stream, estimator, cursor, cursor)
         if cursor.end_ns is None:
             return sub  # nothing processed yet: a fresh stream
         # 1. Personal baseline: from the calibration period, else replay the stored windows in

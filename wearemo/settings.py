@@ -116,6 +116,17 @@ class Settings(BaseSettings):
         Largest accepted request body; larger uploads get HTTP 413.
     max_batches_per_request
         Largest number of ``SampleBatch``es in one ingest request (or WebSocket message).
+    ingest_max_ahead_s
+        Ingest refuses (HTTP 422, nothing of the request stored) a batch with a sample more
+        than this many seconds ahead of the server clock; ``None`` (``null`` in the
+        environment) turns the bound off. The
+        default, 300 s, covers clock skew between devices and the server while limiting how
+        long a wrong clock can lock out correct data (see
+        :class:`~wearemo.ingest.TimeBounds`).
+    ingest_max_age_days
+        Ingest refuses (HTTP 422) a batch with a sample older than this many days before the
+        server clock (a clock reset to 1970 or 2000); ``None`` turns the bound off. Default
+        3650 days.
     body_timeout_s, body_min_bytes_per_s
         A request body must arrive within ``body_timeout_s`` plus one second per
         ``body_min_bytes_per_s`` bytes received; a slower client (e.g. one sending a byte at a
@@ -205,8 +216,10 @@ class Settings(BaseSettings):
         beyond which all share one entry.
     """
 
+    # env_parse_none_str: `WEAREMO_INGEST_MAX_AHEAD_S=null` turns an optional bound off.
     model_config = SettingsConfigDict(
-        env_prefix="WEAREMO_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="WEAREMO_", env_file=".env", extra="ignore", frozen=True,
+        env_parse_none_str="null",
     )
 
     data_dir: Path = Path("out/data")
@@ -223,6 +236,8 @@ class Settings(BaseSettings):
     lateness_s: float = Field(default=30.0, ge=0)
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_batches_per_request: int = Field(default=1000, ge=1)
+    ingest_max_ahead_s: float | None = Field(default=300.0, ge=0)
+    ingest_max_age_days: float | None = Field(default=3650.0, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
     body_min_bytes_per_s: float = Field(default=5000.0, gt=0)
     processing: Literal["inline", "background"] = "inline"

@@ -8,9 +8,12 @@ server still runs, while another subject's data stays exactly as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +30,9 @@ from api_support import (
     sim_batches,
 )
 from simdata import T0
+from typer.testing import CliRunner
 
+from wearemo.cli import app as cli
 from wearemo.samples import SampleBatch
 
 
@@ -225,3 +230,62 @@ def test_service_files_are_owner_only(tmp_path: Path) -> None:
                     str(p): "0o700" if p.is_dir() else "0o600" for p in made}
     finally:
         os.umask(old)
+
+
+def _erase_cli(data: Path, subject: str) -> subprocess.CompletedProcess[str]:
+    """``wearemo subjects erase`` as a separate process, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "wearemo", "subjects", "erase", subject, "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith("WEAREMO_")})
+
+
+def _erase_here(data: Path, subject: str) -> tuple[int, str]:
+    """The same command in this process (no 30-s import): exit code and stderr."""
+    result = CliRunner().invoke(cli, ["subjects", "erase", subject, "--data-dir", str(data)])
+    return result.exit_code, result.stderr
+
+
+def test_cli_erase_works_offline_and_refuses_while_a_service_runs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    gone, kept = sim_batches("gone2", 120), sim_batches("kept2", 120, seed=5)
+    with serve(settings_for(data)) as url, admin_client(url) as c:
+        _ingest(c, gone + kept)
+        device = create_key(c, "device", subjects=["gone2", "kept2"])
+        assert c.post("/v1/admin/cohorts", json={"name": "trial",
+                      "subjects": ["gone2", "kept2"]}).status_code == 201
+        rule = {"kind": "no_data", "url": "http://127.0.0.1:9/hook", "duration_s": 3600}
+        assert c.post("/v1/subjects/gone2/alerts/rules", json=rule).status_code == 201
+        before_kept = _snapshot(c, "kept2")
+        # A running service keeps the subject's stream and baseline in memory: refused.
+        code, err = _erase_here(data, "gone2")
+        assert code == 2, err
+        assert "service is running" in err and f"(pid {os.getpid()})" in err
+        assert "DELETE /v1/admin/subjects/gone2" in err
+        assert c.get("/v1/subjects/gone2").json()["batches"] == len(gone)
+    for db in sorted(data.glob("*.sqlite3")):
+        assert _rows_of(db, "gone2"), db.name  # it is there before, in every file
+
+    done = _erase_cli(data, "gone2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["removed"]["batches"] == len(gone) and out["removed"]["windows"] > 0
+    assert out["removed"]["samples"] == sum(len(b.values) for b in gone)
+    assert out["alert_rows"] >= 1 and out["grants"] == 2  # cohort + device grant
+    assert out["wal_truncated"] is True
+    for db in sorted(data.glob("*.sqlite3")):
+        rows = _rows_of(db, "gone2")
+        assert set(rows) <= {"audit"}, (db.name, rows)
+    code, err = _erase_here(data, "gone2")
+    assert code == 1 and "nothing of subject 'gone2'" in err
+
+    with serve(settings_for(data)) as url, admin_client(url) as c:
+        assert c.get("/v1/subjects/gone2").status_code == 404
+        assert c.get("/v1/subjects", headers=bearer(device)).json() == ["kept2"]
+        assert _snapshot(c, "kept2") == before_kept
+        audit = c.get("/v1/admin/audit", params={"subject_id": "gone2", "limit": 1000}).json()
+        assert any(e["action"] == "cli subjects erase" and e["key_id"] == "cli" for e in audit)
+        assert c.get("/v1/admin/audit/verify").json()["ok"]
+        # Erased is erased: the old batch ids are new again, and it starts from nothing.
+        r = c.post("/v1/ingest", json=body(gone[:2]))
+        assert [x["status"] for x in r.json()["results"]] == ["stored", "stored"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from wearemo.datasets import Recording, load_recording
 from wearemo.features import (
     FEATURE_NAMES,
+    FeatureWindow,
     SubjectStream,
     WindowConfig,
     featurize_recording,
@@ -192,3 +194,129 @@ def test_streaming_equals_batch(sizes: list[float]) -> None:
 def test_batch_independent_of_chunk_size() -> None:
     assert featurize_recording(_SHORT, config=_CFG, chunk_s=1.0) == _BATCH
     assert len(_BATCH) == (380 - 200 - 60) // 5 or len(_BATCH) >= 20
+
+
+# -- gaps: windows with no sample are not computed; work follows the data, not the time span ----
+
+_DAY = 86_400 * S
+
+
+def _shifted(rec: Recording, offset_ns: int) -> dict[Channel, ChannelSamples]:
+    return {ch: ChannelSamples(d.times_ns + offset_ns, d.values, d.rate_hz)
+            for ch, d in rec.channels.items()}
+
+
+def _joined(a: Recording, b: Recording, gap_ns: int) -> Recording:
+    """``a`` then ``b`` moved to start ``gap_ns`` after ``a``'s last sample."""
+    moved = _shifted(b, a.end_ns + gap_ns - b.start_ns)
+    channels = {}
+    for ch in {**a.channels, **moved}:  # a channel may be in one part only (rr here)
+        parts = [p[ch] for p in (a.channels, moved) if ch in p]
+        channels[ch] = ChannelSamples(np.concatenate([p.times_ns for p in parts]),
+                                      np.concatenate([p.values for p in parts]), parts[0].rate_hz)
+    return Recording(a.subject_id, Path("."), channels)
+
+
+def _ends_with_data(rec: Recording, cfg: WindowConfig) -> list[int]:
+    """Ground truth of the schedule: every aligned end from the first window to the last sample
+    whose window holds at least one sample of some channel."""
+    times = np.unique(np.concatenate([d.times_ns for d in rec.channels.values()]))
+    step, length = cfg.step_ns, cfg.length_ns
+    first = -(-(int(times[0]) + length) // step) * step
+    # The windows a sample t falls in end in (t, t + length]: collect their aligned ends.
+    lo = times // step + 1
+    hi = (times + length) // step
+    ends: set[int] = set()
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+        ends.update(range(a * step, b * step + 1, step))
+    return sorted(e for e in ends if first <= e <= int(times[-1]))
+
+
+_PART_A = _EXCERPT.between(_EXCERPT.start_ns + 200 * S, _EXCERPT.start_ns + 320 * S)
+_PART_B = _EXCERPT.between(_EXCERPT.start_ns + 320 * S, _EXCERPT.start_ns + 440 * S)
+_GAPPED = _joined(_PART_A, _PART_B, 7 * _DAY)
+_B_START = _PART_A.end_ns + 7 * _DAY
+
+
+@functools.cache
+def _gapped_batch() -> list[FeatureWindow]:
+    return featurize_recording(_GAPPED, config=_CFG)
+
+
+@pytest.mark.timeout(300)
+def test_gap_of_a_week_costs_only_the_windows_holding_data() -> None:
+    ws = _gapped_batch()
+    # One window per 5-s step over 7 days would be 120,960; only those holding a sample exist.
+    assert [w.end_ns for w in ws] == _ends_with_data(_GAPPED, _CFG)
+    assert len(ws) < 2 * (120 + 60) // 5
+    assert all(sum(w.sample_counts.values()) > 0 for w in ws)
+    # The windows on each side equal those of that part alone: nothing leaks over the gap.
+    alone_b = featurize_recording(
+        Recording(_GAPPED.subject_id, Path("."), _shifted(_PART_B, _B_START - _PART_B.start_ns)),
+        config=_CFG)
+    after = [w for w in ws if w.start_ns >= _B_START]
+    assert len(after) >= 10 and after == alone_b
+    # Part A alone (with the rr channel it lacks, as the joined recording has it). Its last
+    # windows are left out: there they close at the end of the recording, in the joined one by
+    # lateness (other channels resumed first), before the EDA/beat trackers' last blocks
+    # (block 10 s + right context 5 s) are in, like any window closed by lateness.
+    stream_a = SubjectStream(_PART_A.subject_id, config=_CFG,
+                             expected_channels=frozenset(_GAPPED.channels))
+    alone_a = [w for b in _PART_A.iter_batches(chunk_s=5.0) for w in stream_a.push(b)]
+    alone_a += stream_a.flush()
+    settled = _PART_A.end_ns - 20 * S
+    before = [w for w in ws if w.end_ns <= settled]
+    assert len(before) >= 8 and before == [w for w in alone_a if w.end_ns <= settled]
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.floats(min_value=0.5, max_value=20.0), min_size=1, max_size=12))
+def test_streaming_equals_batch_across_a_gap(sizes: list[float]) -> None:
+    s = SubjectStream(_GAPPED.subject_id, config=_CFG,
+                      expected_channels=frozenset(_GAPPED.channels))
+    got = []
+    for b in _chunked(_GAPPED, sizes):
+        got.extend(s.push(b))
+    got.extend(s.flush())
+    assert got == _gapped_batch()
+    assert s.skipped_windows > 7 * _DAY // (5 * S) - 100
+
+
+def _temp(i: int, start_ns: int, n: int, rate: float = 4.0) -> SampleBatch:
+    return SampleBatch(batch_id=f"t{i}", subject_id="s1", device_id="d", channel="temp",
+                       start_ns=start_ns, rate_hz=rate, values=[33.0] * n)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("jump_to", [1_700_000_000 * S + 7 * _DAY, 9 * 10**18])
+def test_one_small_batch_after_a_jump_is_bounded(jump_to: int) -> None:
+    cfg = WindowConfig(length_s=60, step_s=5)
+    t0 = 1_700_000_000 * S
+    s = SubjectStream("s1", config=cfg)
+    first = s.push(_temp(0, t0, 4 * 120))  # 2 min
+    late = s.push(_temp(1, jump_to, 4))  # 4 samples, a week (or 250 years) later
+    late += s.flush()
+    # The windows still open before the jump (with data), then the ones holding the 4 samples.
+    assert len(first) + len(late) <= (120 - 60) // 5 + 1 + 60 // 5 + 1
+    assert all(w.sample_counts.get("temp", 0) > 0 for w in late)
+    assert late[-1].end_ns <= jump_to + 5 * S
+    assert s.skipped_windows >= (jump_to - t0) // (5 * S) - 40
+
+
+@pytest.mark.timeout(120)
+def test_batches_spanning_a_gap_are_bounded() -> None:
+    """A gap inside one batch: rr beats with a week between two of them, and a 1e-5 Hz
+    temperature channel (a sample every 28 h)."""
+    t0 = 1_700_000_000 * S
+    s = SubjectStream("s1", config=WindowConfig(length_s=60, step_s=5))
+    times = [t0 + k * S for k in range(90)] + [t0 + 7 * _DAY + k * S for k in range(90)]
+    out = s.push(SampleBatch(batch_id="rr", subject_id="s1", device_id="d", channel="rr",
+                             start_ns=times[0], timestamps_ns=times, values=[1000.0] * 180))
+    out += s.push(_temp(0, t0 + 8 * _DAY, 6, rate=1e-5))
+    out += s.flush()
+    assert [w.end_ns for w in out] == sorted(
+        {e for t in times + [t0 + 8 * _DAY + round(k * 1e14) for k in range(6)]
+         for e in range(((t // (5 * S)) + 1) * 5 * S, t + 60 * S + 1, 5 * S)
+         if t0 + 60 * S <= e <= t0 + 8 * _DAY + round(5 * 1e14)})
+    assert len(out) < 3 * 180 + 6 * 12

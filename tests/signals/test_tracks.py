@@ -15,6 +15,7 @@ from wearemo.datasets import load_recording
 from wearemo.features import WindowConfig, window_features
 from wearemo.samples import Channel, ChannelSamples
 from wearemo.signals import EDATrack, PPGTrack
+from wearemo.signals.tracks import BeatWindow, EDAWindow
 
 EXCERPT = (Path(__file__).resolve().parents[2] / "firmware_bridge" / "virtual_wearable" / "data"
            / "stress-predict-S02-excerpt")
@@ -189,3 +190,37 @@ def test_push_refuses_out_of_order_samples() -> None:
         track.push(_times(8, 4.0), np.ones(8), rate_hz=4.0)
     with pytest.raises(ValueError, match="strictly increasing"):
         track.push(np.array([T0 + 10 * S, T0 + 9 * S]), np.ones(2), rate_hz=4.0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("jump_ns", [7 * 86_400 * S, 9 * 10**18 - T0])
+def test_a_gap_of_days_or_centuries_is_stepped_over(jump_ns: int) -> None:
+    """Blocks without a sample in reach are skipped in one move (before: one step per 10-s
+    block, a clock jump to 2255 never ended), and each side commits what it commits alone."""
+    ppg, eda, _ = _real()
+    parts = []
+    for ch in (ppg, eda):
+        lo = np.searchsorted(ch.times_ns, ch.times_ns[0] + 90 * S)
+        hi = np.searchsorted(ch.times_ns, ch.times_ns[0] + 180 * S)
+        head = ChannelSamples(ch.times_ns[:lo], ch.values[:lo], ch.rate_hz)
+        moved = ch.times_ns[lo:hi] - ch.times_ns[lo] + ch.times_ns[lo - 1] + jump_ns
+        parts.append((head, ChannelSamples(moved, ch.values[lo:hi], ch.rate_hz)))
+    for make, (head, tail) in zip((PPGTrack, EDATrack), parts, strict=True):
+        joined, alone_head, alone_tail = make(), make(), make()
+        both = ChannelSamples(np.concatenate([head.times_ns, tail.times_ns]),
+                              np.concatenate([head.values, tail.values]), head.rate_hz)
+        _feed(joined, both, [5.0])
+        _feed(alone_head, head, [5.0])
+        _feed(alone_tail, tail, [5.0])
+        for alone, part in ((alone_head, head), (alone_tail, tail)):
+            lo, hi = int(part.times_ns[0]), int(part.times_ns[-1]) + 1
+            a, b = joined.window(lo, hi), alone.window(lo, hi)
+            if isinstance(a, EDAWindow) and isinstance(b, EDAWindow):
+                assert a.times_ns.size == part.times_ns.size
+                np.testing.assert_array_equal(a.tonic_us, b.tonic_us)
+                np.testing.assert_array_equal(a.scr_peak_ns, b.scr_peak_ns)
+            else:
+                assert isinstance(a, BeatWindow) and isinstance(b, BeatWindow)
+                assert a.times_ns.size > 60  # 90 s of beats
+                np.testing.assert_array_equal(a.times_ns, b.times_ns)
+                np.testing.assert_array_equal(a.rr_ms, b.rr_ms)

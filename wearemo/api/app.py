@@ -54,6 +54,7 @@ from wearemo.model import load_model
 from wearemo.pipeline import Pipeline
 from wearemo.settings import Settings, get_settings
 from wearemo.store import StateStore, StoreUnavailableError, open_store
+from wearemo.store.lock import DataDirLock
 from wearemo.store.private import private_dir
 from wearemo.store.retention import apply_retention
 
@@ -127,6 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                      f"target {m.target!r}, expected one of {targets}")
                 extra.append(m)
         private_dir(cfg.data_dir)  # 0700: health data and secrets live here
+        # Held while serving: offline changes (`wearemo subjects erase`) refuse to run under it.
+        dir_lock = await run_in_threadpool(DataDirLock(cfg.data_dir).acquire_shared)
         store = await run_in_threadpool(open_store, cfg)
         window = WindowConfig(
             length_s=cfg.window_s,
@@ -213,6 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store.close()
             keys.close()
             audit.close()  # writes the pending refusal counts
+            dir_lock.release()
 
     # /docs and /redoc with the Swagger UI and ReDoc files of the fastapi-offline package
     # served from here: FastAPI's defaults load them from a CDN, which leaves the pages blank

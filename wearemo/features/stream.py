@@ -44,6 +44,13 @@ class SubjectStream:
     newest sample is more than ``lateness_s`` past ``T`` (lagging channels then count with
     what they have, i.e. low coverage). Windows below ``min_coverage`` are still emitted.
 
+    A window with no sample of any channel is not computed: once it is certain that none can
+    still arrive (every channel has moved past it, or a batch of any channel started after it;
+    see Determinism), the scheduler jumps to the first window that holds a sample, so a gap of
+    days, or a clock that jumps by years, costs the windows around its data and no more (their
+    number is counted in :attr:`skipped_windows`). Work is bounded by the data, not by the time
+    it spans: each sample falls in at most ``ceil(length / step)`` windows.
+
     Only what the open windows need is kept per channel (a ring buffer of about one window).
 
     Determinism: the windows and values do not depend on how the data is chunked, provided
@@ -78,7 +85,10 @@ class SubjectStream:
         self.expected_channels = expected_channels
         self._buffers: dict[Channel, _Buffer] = {}
         self._first_ns: int | None = None
-        self._next_end_ns: int | None = None  # set once the first window is emitted
+        self._next_end_ns: int | None = None  # set once the first window is emitted or skipped
+        # Newest first-sample time of any batch pushed: later batches start at or after it.
+        self._frontier_ns: int | None = None
+        self._skipped = 0
         # Beats and EDA components are detected once per stream, then read by every window.
         self._ppg = PPGTrack()
         self._eda = EDATrack()
@@ -89,12 +99,38 @@ class SubjectStream:
     def push(self, batch: SampleBatch) -> list[FeatureWindow]:
         """Add a batch and return the windows it completes (possibly none).
 
+        The same as :meth:`add` then :meth:`emit`.
+
         Raises
         ------
         ValueError
             The batch is for another subject, or it starts at or before the last sample
             already received on its channel (out-of-order or duplicate data; the ingest stage
             filters those before).
+        """
+        self.add(batch)
+        return self._emit(final=False)
+
+    def add(self, batch: SampleBatch) -> None:
+        """Add a batch without computing windows yet (see :meth:`emit`).
+
+        Lets a caller compute the windows a batch completes a few at a time, e.g. to share a
+        thread between subjects or to stop between windows; the windows are the same as
+        :meth:`push` returns, whenever they are taken.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`push`.
+
+        Example
+        -------
+        >>> from wearemo.samples import SampleBatch
+        >>> s = SubjectStream("s1", config=WindowConfig(length_s=10, step_s=5))
+        >>> s.add(SampleBatch(batch_id="b", subject_id="s1", device_id="d", channel="temp",
+        ...                   start_ns=0, rate_hz=4.0, values=[33.0] * 80))
+        >>> [w.end_ns // 10**9 for w in s.emit(limit=1)], len(s.emit())
+        ([10], 1)
         """
         if batch.subject_id != self.subject_id:
             raise ValueError(
@@ -117,6 +153,9 @@ class SubjectStream:
         if batch.rate_hz is not None:
             buf.rate_hz = batch.rate_hz
         buf.last_ns = int(times[-1])
+        t_first = int(times[0])
+        self._frontier_ns = t_first if self._frontier_ns is None else max(self._frontier_ns,
+                                                                           t_first)
         if ch is Channel.PPG:
             self._ppg.push(times, values, rate_hz=batch.rate_hz)
         elif ch is Channel.EDA:
@@ -133,7 +172,19 @@ class SubjectStream:
         if times.size:
             buf.times_ns = np.concatenate([buf.times_ns, times])
             buf.values = np.concatenate([buf.values, values])
-        return self._emit(final=False)
+
+    def emit(self, *, limit: int | None = None) -> list[FeatureWindow]:
+        """The windows the data added so far completes, in order; at most ``limit`` of them
+        (the rest come with the next call).
+
+        Example
+        -------
+        >>> SubjectStream("s1").emit(limit=10)
+        []
+        """
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {limit}")
+        return self._emit(final=False, limit=limit)
 
     def flush(self) -> list[FeatureWindow]:
         """Emit every remaining window that ends at or before the newest sample received."""
@@ -154,6 +205,11 @@ class SubjectStream:
             self._eda.latency_s + self._eda.left_ns / 1e9,
         )
         return cfg.length_s + cfg.lateness_s + cfg.step_s + tracks
+
+    @property
+    def skipped_windows(self) -> int:
+        """Windows not computed because no sample of any channel falls in them (gaps)."""
+        return self._skipped
 
     @property
     def next_window_end_ns(self) -> int | None:
@@ -185,17 +241,28 @@ class SubjectStream:
             return True
         return final and end_ns <= max(b.last_ns for b in self._buffers.values())
 
-    def _emit(self, *, final: bool) -> list[FeatureWindow]:
+    def _emit(self, *, final: bool, limit: int | None = None) -> list[FeatureWindow]:
         out: list[FeatureWindow] = []
         if not self._buffers:
             return out
         newest = max(self._available_ns(c) for c in self._buffers)
         length = self.config.length_ns
-        while True:
+        while limit is None or len(out) < limit:
             end = self.next_window_end_ns
-            if end is None or not self._ready(end, newest, final):
+            if end is None:
                 break
             start = end - length
+            following = self._first_sample_from(start)
+            if following is None or following >= end:
+                # Nothing in this window so far: skip it, and every later window before the
+                # next sample, once nothing can still arrive in them; else wait for data.
+                empty_until = self._empty_until(following, final=final)
+                if empty_until is None or empty_until < end:
+                    break
+                self._skip_through(empty_until)
+                continue
+            if not self._ready(end, newest, final):
+                break
             slices: dict[Channel, ChannelSamples] = {}
             for ch, buf in self._buffers.items():
                 i0, i1 = np.searchsorted(buf.times_ns, [start, end], side="left")
@@ -213,6 +280,46 @@ class SubjectStream:
             self._next_end_ns = end + self.config.step_ns
             self._trim()
         return out
+
+    def _first_sample_from(self, t_ns: int) -> int | None:
+        """The earliest buffered sample of any channel at or after ``t_ns``."""
+        first: int | None = None
+        for buf in self._buffers.values():
+            i = int(np.searchsorted(buf.times_ns, t_ns, side="left"))
+            if i < buf.times_ns.size:
+                t = int(buf.times_ns[i])
+                first = t if first is None else min(first, t)
+        return first
+
+    def _empty_until(self, following: int | None, *, final: bool) -> int | None:
+        """A time before which no sample can arrive any more beyond the buffered ones.
+
+        Given the next buffered sample ``following`` (None: none), every window ending at or
+        before the returned time, and holding no buffered sample, stays empty for good: later
+        batches of a channel start after its last sample, and (the Determinism precondition)
+        after the newest batch start seen. On :meth:`flush` nothing more counts for the windows
+        it closes, so the next buffered sample is the bound; None when there is none.
+        """
+        if final:
+            return following
+        assert self._frontier_ns is not None  # there are buffers, so a batch was pushed
+        channels = set(self._buffers) | set(self.expected_channels or ())
+        bound = min(
+            max(self._frontier_ns, self._buffers[c].last_ns + 1) if c in self._buffers
+            else self._frontier_ns
+            for c in channels
+        )
+        return bound if following is None else min(following, bound)
+
+    def _skip_through(self, empty_until: int) -> None:
+        """Move the next window to the first aligned end after ``empty_until``."""
+        end = self.next_window_end_ns
+        assert end is not None
+        step = self.config.step_ns
+        nxt = (empty_until // step + 1) * step
+        self._skipped += (nxt - end) // step
+        self._next_end_ns = nxt
+        self._trim()
 
     def _trim(self) -> None:
         assert self._next_end_ns is not None

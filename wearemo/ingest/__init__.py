@@ -3,7 +3,8 @@
 The pydantic :class:`~wearemo.samples.SampleBatch` already refuses NaN/infinite values, wrong
 units and non-increasing timestamps inside a batch; this stage adds the checks that need
 history: a batch id already stored is a *duplicate* (not an error), and a batch overlapping
-earlier data of its channel is *rejected*.
+earlier data of its channel is *rejected*; and one that needs the clock: samples far ahead of
+the server clock or older than the ingest horizon are refused (:class:`TimeBounds`).
 
 Example
 -------
@@ -12,7 +13,16 @@ Example
 0
 """
 
+from wearemo.ingest.bounds import BoundViolation, TimeBounds
 from wearemo.ingest.order import OrderTracker, OrderViolation
 from wearemo.ingest.report import BatchResult, BatchStatus, IngestReport
 
-__all__ = ["BatchResult", "BatchStatus", "IngestReport", "OrderTracker", "OrderViolation"]
+__all__ = [
+    "BatchResult",
+    "BatchStatus",
+    "BoundViolation",
+    "IngestReport",
+    "OrderTracker",
+    "OrderViolation",
+    "TimeBounds",
+]

@@ -12,7 +12,8 @@ most ``B + right`` after it happened.
 
 Runs of samples are split at time gaps longer than 2.5 sample periods and at invalid samples
 (non-finite; for EDA also negative); nothing is detected or interpolated across a split, and a
-beat interval that spans one is never reported.
+beat interval that spans one is never reported. Blocks with no sample in reach (a gap in the
+stream) are stepped over in one move, so a gap of days or years costs what a block does.
 
 Example
 -------
@@ -125,14 +126,18 @@ class _BlockTrack:
         self._last_ns = int(t[-1])
         if self._next is None:
             self._next = int(t[0]) // self.block_ns * self.block_ns
-        while self._last_ns >= self._next + self.block_ns + self.right_ns:
+        while True:
+            self._skip_idle()
+            if self._last_ns < self._next + self.block_ns + self.right_ns:
+                break
             self._process_next()
 
     def flush(self) -> None:
         """Process every block that holds a sample, with whatever right context exists."""
-        while self._next is not None and self._last_ns is not None and (
-            self._next <= self._last_ns
-        ):
+        while self._next is not None and self._last_ns is not None:
+            self._skip_idle()
+            if self._next > self._last_ns:
+                break
             self._process_next()
 
     def trim(self, before_ns: int) -> None:
@@ -216,6 +221,28 @@ class _BlockTrack:
                     rate = _NS / self._period_of(declared, t[i0:i1])
                     runs.append((i0, i1, rate))
         return runs
+
+    def _skip_idle(self) -> None:
+        """Step over blocks that would commit nothing: no sample in their input range (a gap).
+
+        Samples up to the newest pushed are final (later ones come after it), so which blocks
+        are idle depends on the data alone, never on the chunking; without this a gap would cost
+        one empty block per ``block_s`` (a clock jump of years: forever).
+        """
+        if self._next is None or self._next < self._idle_from():
+            return
+        i = int(np.searchsorted(self._t, self._next - self.left_ns, side="left"))
+        if i >= self._t.size:
+            return
+        # The first block whose input [bs - left, bs + block + right) reaches the next sample.
+        reach = int(self._t[i]) - self.block_ns - self.right_ns
+        first = (reach // self.block_ns + 1) * self.block_ns
+        if first > self._next:
+            self._next = first
+
+    def _idle_from(self) -> int:
+        """Blocks starting before this may do work without a sample in reach."""
+        return -(2**63)
 
     def _process_next(self) -> None:
         assert self._next is not None
@@ -394,6 +421,13 @@ class PPGTrack(_BlockTrack):
         self._beat_sqi = np.concatenate([self._beat_sqi, sqi])
         self._det_t = np.concatenate([self._det_t, det_t])
         self._det_kept = np.concatenate([self._det_kept, np.isin(det_t, fixed)])
+
+    def _idle_from(self) -> int:
+        # A block within context_s of the last committed beat re-corrects those beats even
+        # without samples of its own: only later blocks are skipped.
+        if not self._beat_t.size:
+            return -(2**63)
+        return int(self._beat_t[-1]) + self.context_ns + 1
 
     def _correct(self, beats_ns: np.ndarray) -> np.ndarray:
         """Kubios correction, separately on each stretch of beats not broken by a gap."""

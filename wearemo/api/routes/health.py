@@ -13,8 +13,12 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
-def healthz() -> HealthResponse:
-    """The process is up (no dependencies checked)."""
+async def healthz() -> HealthResponse:
+    """The process is up (no dependencies checked).
+
+    Answered on the event loop itself, never in the worker-thread pool, so it answers while
+    every pool thread is busy (ingest, exports, requests waiting for a subject's lock).
+    """
     return HealthResponse()
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
@@ -43,8 +44,9 @@ from wearemo.api.schemas import (
     ValidationResponse,
 )
 from wearemo.api.wire import JSON, MSGPACK, UnsupportedMediaTypeError, parse_ingest_body
-from wearemo.ingest import IngestReport
+from wearemo.ingest import IngestReport, TimeBounds
 from wearemo.pipeline import Pipeline, PipelineBusyError
+from wearemo.settings import Settings
 
 __all__ = ["WS_CLOSE_RATE_ABUSE", "WS_CLOSE_TOO_BIG", "document_bodies", "router"]
 
@@ -78,6 +80,25 @@ def _authorize(body: IngestRequest, principal: Principal, ctx: AuditContext) -> 
             raise _RefusedError(
                 403, f"batches.{i}.subject_id: key {principal.key_id} ({principal.role}) may "
                 f"not write subject {b.subject_id!r}; nothing of this request was stored")
+
+
+def _time_bounds(settings: Settings) -> TimeBounds:
+    return TimeBounds(max_ahead_s=settings.ingest_max_ahead_s,
+                      max_age_days=settings.ingest_max_age_days)
+
+
+def _check_times(body: IngestRequest, bounds: TimeBounds) -> None:
+    """Refuse the whole request (422, nothing stored) when a batch has a sample outside the
+    timestamp bounds around the server clock; every such batch is named, so a client (the
+    bridge's uplink) can set those aside and re-send the others."""
+    issues = []
+    for v in bounds.check(body.batches, now_ns=time.time_ns()):
+        loc: tuple[str | int, ...] = ("body", "batches", v.index, v.field)
+        if v.field == "timestamps_ns":
+            loc = (*loc, v.sample)
+        issues.append({"type": "timestamp_out_of_bounds", "loc": loc, "msg": v.message})
+    if issues:
+        raise RequestValidationError(issues)
 
 
 def _rate_key(principal: Principal) -> str:
@@ -137,7 +158,9 @@ def _response(report: IngestReport) -> IngestResponse:
         },
         413: {"model": ErrorResponse, "description": "Request body too large."},
         415: {"model": ErrorResponse, "description": "Content-Type neither JSON nor msgpack."},
-        422: {"model": ValidationResponse, "description": "Invalid batch (the field is named)."},
+        422: {"model": ValidationResponse, "description": "Invalid batch (the field is named), "
+              "or samples too far ahead of the server clock or older than the ingest horizon "
+              "(type timestamp_out_of_bounds); nothing of the request was stored."},
         429: {"model": ErrorResponse, "description": "Over this client's rate limit; retry "
               "after Retry-After seconds (nothing of the request was stored)."},
         503: {"model": ErrorResponse, "description": "Background processing lags too far "
@@ -157,7 +180,10 @@ async def ingest(
     Batches are processed in order. A batch whose ``batch_id`` is already stored for its subject
     is reported as ``duplicate`` and not stored again, so retrying a whole request is safe. A
     batch that starts at or before the last stored sample of its channel stops the request with
-    HTTP 409; the batches before it stay stored. With ``WEAREMO_PROCESSING=background`` the
+    HTTP 409; the batches before it stay stored. A batch with a sample more than
+    ``WEAREMO_INGEST_MAX_AHEAD_S`` ahead of the server clock, or older than
+    ``WEAREMO_INGEST_MAX_AGE_DAYS``, is invalid: HTTP 422 naming every such batch, and nothing
+    of the request is stored (like any invalid batch). With ``WEAREMO_PROCESSING=background`` the
     answer comes once the batches are durably stored (``windows`` and ``states`` are 0; the
     states follow shortly, see ``GET /v1/ingest/lag``).
     """
@@ -167,6 +193,7 @@ async def ingest(
                                  max_batches=settings.max_batches_per_request)
     except UnsupportedMediaTypeError as exc:
         raise HTTPException(status_code=415, detail=str(exc)) from None
+    _check_times(body, _time_bounds(settings))
     try:
         _authorize(body, principal, audit_context(request))
         # Store and features are blocking work: off the event loop.
@@ -252,8 +279,8 @@ async def ingest_ws(websocket: WebSocket, principal: IngestPrincipal) -> None:
                     return
                 principal = current
                 ctx = AuditContext(key_id=principal.key_id, role=principal.role)
-                answer = await _ws_answer(data, kind, client, settings.max_batches_per_request,
-                                          pipeline, limiter, principal, ctx)
+                answer = await _ws_answer(data, kind, client, settings, pipeline, limiter,
+                                          principal, ctx)
                 await run_in_threadpool(resources.audit.record, ctx, "WS /v1/ingest/ws",
                                         answer["status"], client=address)
                 refusals = refusals + 1 if answer["status"] == 429 else 0
@@ -290,11 +317,12 @@ async def _close_revoked(websocket: WebSocket, audit: AuditLog, principal: Princ
         await websocket.close(code=WS_CLOSE_UNAUTHORIZED, reason=reason[:120])
 
 
-async def _ws_answer(data: bytes | str, kind: str, client: str, max_batches: int,
+async def _ws_answer(data: bytes | str, kind: str, client: str, settings: Settings,
                      pipeline: Pipeline, limiter: RateLimiter, principal: Principal,
                      ctx: AuditContext) -> dict[str, Any]:
     try:
-        body = parse_ingest_body(data, kind, max_batches=max_batches)
+        body = parse_ingest_body(data, kind, max_batches=settings.max_batches_per_request)
+        _check_times(body, _time_bounds(settings))
         _authorize(body, principal, ctx)
         response = await run_in_threadpool(_accept, body, client, pipeline, limiter)
     except RequestValidationError as exc:
