@@ -254,7 +254,7 @@ def test_cli_erase_works_offline_and_refuses_while_a_service_runs(tmp_path: Path
         device = create_key(c, "device", subjects=["gone2", "kept2"])
         assert c.post("/v1/admin/cohorts", json={"name": "trial",
                       "subjects": ["gone2", "kept2"]}).status_code == 201
-        rule = {"kind": "no_data", "url": "http://127.0.0.1:9/hook", "duration_s": 3600}
+        rule = {"kind": "no_data", "url": "https://example.org/hook", "duration_s": 3600}
         assert c.post("/v1/subjects/gone2/alerts/rules", json=rule).status_code == 201
         before_kept = _snapshot(c, "kept2")
         # A running service keeps the subject's stream and baseline in memory: refused.
